@@ -1,0 +1,116 @@
+"""The one recurrent layer every variant runs on: an LSTM or GRU whose input, recurrent and cell
+connections take the masks of `dropbench.harness.masks`. With no masks it computes exactly what
+`torch.nn.LSTM` / `torch.nn.GRU` compute; parameters have the same names and shapes
+(weight_ih: (G*H, I), weight_hh: (G*H, H), gates in PyTorch's order i,f,g,o / r,z,n).
+
+Input projections for the whole chunk are computed before the time loop (x_t does not depend on
+h_{t-1}), so only the recurrent product runs per step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .masks import LayerMasks
+
+GATES = {"lstm": 4, "gru": 3}
+
+
+def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """x: (T, B, I), mask: None or (T|1, G|1, B, I). Returns (T, B, G*H) = mask(x) W^T + b,
+    where with G masks gate k sees only its own masked copy of x."""
+    if mask is None:
+        return torch.nn.functional.linear(x, weight, bias)
+    if mask.shape[1] == 1:
+        return torch.nn.functional.linear(x * mask[:, 0], weight, bias)
+    steps, batch, _ = x.shape
+    gates = mask.shape[1]
+    per_gate = weight.view(gates, -1, weight.shape[1])  # (G, H, I)
+    out = torch.einsum("tgbi,ghi->tbgh", x.unsqueeze(1) * mask, per_gate)
+    return out.reshape(steps, batch, -1) + bias
+
+
+def project_hidden(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """h: (B, H), mask: None or (G|1, B, H). Returns (B, G*H), gate k using its own mask of h."""
+    if mask is None:
+        return torch.nn.functional.linear(h, weight, bias)
+    if mask.shape[0] == 1:
+        return torch.nn.functional.linear(h * mask[0], weight, bias)
+    gates, batch, hidden = mask.shape
+    per_gate = weight.view(gates, -1, hidden).transpose(1, 2)  # (G, H_in, H_out)
+    out = torch.baddbmm(bias.view(gates, 1, -1), h.unsqueeze(0) * mask, per_gate)  # (G, B, H)
+    return out.transpose(0, 1).reshape(batch, -1)
+
+
+def lstm_step(x_proj, h, c, recurrent: Callable, cell_mask):
+    """One LSTM step. x_proj: (B, 4H) input projection incl. bias; recurrent(h) -> (B, 4H);
+    cell_mask: None or (B, H). Returns (h, c). Variants with a custom `cell_step` share this signature."""
+    i, f, g, o = (x_proj + recurrent(h)).chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    if cell_mask is not None:
+        c = c * cell_mask
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def gru_step(x_proj, h, recurrent: Callable):
+    """One GRU step as torch.nn.GRU: n = tanh(x_n + r * (W_hn h + b_hn)), h' = (1-z) n + z h."""
+    x_r, x_z, x_n = x_proj.chunk(3, 1)
+    h_r, h_z, h_n = recurrent(h).chunk(3, 1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+def _at(mask: Optional[torch.Tensor], t: int):
+    """The mask of step t from a (T|1, ...) mask."""
+    if mask is None:
+        return None
+    return mask[t] if mask.shape[0] > 1 else mask[0]
+
+
+class RecurrentLayer(nn.Module):
+    def __init__(self, cell: str, input_size: int, hidden_size: int):
+        super().__init__()
+        if cell not in GATES:
+            raise ValueError(f"cell must be one of {sorted(GATES)}, not {cell!r}")
+        self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
+        gates = GATES[cell]
+        self.weight_ih = nn.Parameter(torch.empty(gates * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(gates * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(gates * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(gates * hidden_size))
+        bound = 1 / math.sqrt(hidden_size)
+        for param in self.parameters():
+            nn.init.uniform_(param, -bound, bound)
+
+    def initial_state(self, batch: int, device=None):
+        zeros = torch.zeros(batch, self.hidden_size, device=device or self.weight_hh.device, dtype=self.weight_hh.dtype)
+        return (zeros, zeros.clone()) if self.cell == "lstm" else (zeros,)
+
+    def forward(self, x: torch.Tensor, state: tuple, masks: Optional[LayerMasks] = None, cell_step: Optional[Callable] = None):
+        """x: (T, B, I); state: (h, c) for LSTM, (h,) for GRU, each (B, H). Returns (T, B, H), state."""
+        masks = masks or LayerMasks()
+        x_proj = project_inputs(x, self.weight_ih, self.bias_ih, masks.input)
+        outputs = []
+        if self.cell == "lstm":
+            step = cell_step or lstm_step
+            h, c = state
+            for t in range(x.shape[0]):
+                z_h = _at(masks.recurrent, t)
+                h, c = step(x_proj[t], h, c, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h), _at(masks.cell, t))
+                outputs.append(h)
+            state = (h, c)
+        else:
+            (h,) = state
+            for t in range(x.shape[0]):
+                z_h = _at(masks.recurrent, t)
+                h = gru_step(x_proj[t], h, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h))
+                outputs.append(h)
+            state = (h,)
+        return torch.stack(outputs), state

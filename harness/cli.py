@@ -1,0 +1,133 @@
+"""The `dropbench` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import DropbenchError
+
+
+def _registry(plugins):
+    from dropbench.variants import load_registry
+    return load_registry(plugins or ())
+
+
+def cmd_run(args) -> int:
+    from .config import expand, load_suite, parse_overrides
+    from .data import resolve_data_dir
+    from .run import run_trials
+    from .train import resolve_device
+
+    registry = _registry(args.plugin)
+    suite = load_suite(args.suite)
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+    if args.seeds is not None and args.seeds < 1:
+        raise DropbenchError(f"--seeds must be at least 1, got {args.seeds}")
+    trials = expand(suite, registry, seeds=args.seeds, only=only, overrides=parse_overrides(args.set or []), device=args.device)
+    for trial in trials:  # the resolved config names the device that actually runs it
+        trial.config["device"] = resolve_device(trial.config["device"]).type
+    if args.dry_run:
+        if args.json:
+            print(json.dumps([{"suite": t.suite, "trial_id": t.id, "grid_cell": t.grid_cell, "config": t.config} for t in trials], indent=2))
+        else:
+            for t in trials:
+                print(t.id, t.config["task"], t.config["variant"], f"seed={t.config['seed']}", *(f"{k}={v}" for k, v in t.grid_cell.items()))
+            print(f"{len(trials)} trials")
+        return 0
+    out_dir = Path(args.out or f"results/{suite.name}")
+    data_dir = resolve_data_dir(args.data_dir)
+    summary = run_trials(trials, registry, out_dir, data_dir, sys.argv, show_progress=not args.no_progress)
+    print(f"{len(trials)} trials: " + ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())))
+    print(f"results: {out_dir / 'results.sqlite'}, {out_dir / 'results.csv'}, {out_dir / 'curves.csv'}")
+    return 0 if summary.ok else 1
+
+
+def cmd_variants(args) -> int:
+    registry = _registry(args.plugin)
+    rows = [{"name": v.name, "description": v.description, "source": v.source} for v in registry.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['description']}  [{r['source']}]")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import DEFAULT_CACHE, resolve_data_dir, verify_data
+    from .fetch import fetch
+
+    if args.data_command == "fetch":
+        dest = Path(args.data_dir) if args.data_dir else DEFAULT_CACHE
+        for path in fetch(args.which, dest, mirror=args.mirror):
+            print(f"ok  {path}")
+        return 0
+    data_dir = resolve_data_dir(args.data_dir)
+    results = verify_data(data_dir)
+    for name, ok, detail in results:
+        print(f"{'ok ' if ok else 'BAD'} {name}: {detail}")
+    bad = [name for name, ok, _ in results if not ok]
+    if bad:
+        print(f"{len(bad)} of {len(results)} files missing or wrong in {data_dir}; run `dropbench data fetch all`", file=sys.stderr)
+        return 1
+    print(f"all {len(results)} files verified in {data_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dropbench", description="Benchmark and compare dropout variants for recurrent networks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a suite of trials and store the results")
+    run.add_argument("suite", nargs="?", default="quick", help="built-in suite name or a .toml file (default: quick)")
+    run.add_argument("--out", help="output folder (default: results/SUITE)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for every trial (default: the suite's, else auto)")
+    run.add_argument("--seeds", type=int, help="run seeds 1..N instead of the suite's seeds")
+    run.add_argument("--only", help="comma-separated variant names to run")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key on every trial (repeatable)")
+    run.add_argument("--plugin", action="append", metavar="FILE", help="load variants from a Python file (repeatable)")
+    run.add_argument("--data-dir", help="data folder (default: $DROPBENCH_DATA, else ~/.cache/dropbench)")
+    run.add_argument("--dry-run", action="store_true", help="list the resolved trials without running them")
+    run.add_argument("--json", action="store_true", help="with --dry-run: print every trial's full config as JSON")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    variants = commands.add_parser("variants", help="list the registered dropout variants")
+    variants.add_argument("--json", action="store_true")
+    variants.add_argument("--plugin", action="append", metavar="FILE")
+    variants.set_defaults(func=cmd_variants)
+
+    data = commands.add_parser("data", help="fetch or verify the data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="download the data sets into the cache (or --data-dir) and verify them")
+    fetch.add_argument("which", nargs="?", default="all", choices=["ptb", "sentiment", "all"])
+    fetch.add_argument("--mirror", help="base URL of a mirror laid out like a data folder")
+    fetch.add_argument("--data-dir", help="where to put the files (default: ~/.cache/dropbench)")
+    verify = data_commands.add_parser("verify", help="check the SHA-256 of every data file")
+    verify.add_argument("--data-dir", help="data folder (default: $DROPBENCH_DATA, else ~/.cache/dropbench)")
+    data.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DropbenchError as exc:
+        print(f"dropbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dropbench: interrupted; finished epochs and trials are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def console():
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,307 @@
+"""One trial, top to bottom: build the model a config describes, train it epoch by epoch with its
+variant's masks, evaluate, and hand back metrics. `run_trial(config, variant, ...)` is a pure
+function of the resolved config (and the data), so any executor can run it.
+
+After every epoch the full training state is checkpointed atomically, so a killed trial resumes
+from its last finished epoch and ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dropbench.variants import Variant
+
+from .data import load_ptb, load_sentiment
+from .errors import DropbenchError
+from .evaluate import batchify, lm_target_logprobs, per_sentence, sentiment_predictions
+from .models import LanguageModel, SentimentRegressor
+
+
+# Rows per evaluation forward pass of the sentiment model (MC copies included).
+EVAL_ROWS = 512
+
+
+@dataclass
+class TrialOutcome:
+    status: str  # 'done' or 'diverged'
+    metrics: dict
+    sample_losses: dict = field(default_factory=dict)  # kind -> (losses (N,), counts (N,))
+    error: Optional[str] = None
+
+
+@dataclass
+class Progress:
+    """Hooks the runner passes in: a per-epoch callback (curves to the store) and a per-batch tick."""
+    on_epoch: Callable[[int, dict], None] = lambda epoch, values: None
+    start: Callable[[int], None] = lambda total_batches: None
+    tick: Callable[[], None] = lambda: None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DropbenchError("--device cuda asked for, but this PyTorch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+class Clock:
+    """Wall time of a section, synchronising CUDA so that queued kernels are counted."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def _limit(tokens: torch.Tensor, count: int) -> torch.Tensor:
+    return tokens[:count] if count else tokens
+
+
+def _detach(state):
+    return [tuple(s.detach() for s in layer) for layer in state]
+
+
+def _make_optimizer(model, config):
+    if config["optimizer"] == "adam":
+        # L2 penalty in the gradient, as the authors' Keras regularizers do.
+        return torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    return torch.optim.SGD(model.parameters(), lr=config["lr"])
+
+
+def _decay_weights(model, config):
+    """Decoupled weight decay p -= wd * p after each SGD step, not scaled by lr (authors' LM code)."""
+    if config["optimizer"] == "sgd" and config["weight_decay"]:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.mul_(1.0 - config["weight_decay"])
+
+
+def _save_checkpoint(path: Optional[Path], payload: dict):
+    if path is None:
+        return
+    temporary = path.with_suffix(".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def _load_checkpoint(path: Optional[Path]) -> Optional[dict]:
+    if path is None or not path.exists():
+        return None
+    return torch.load(path, weights_only=True)
+
+
+def _rng_state(device):
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
+
+
+def _set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state["cuda"].numel():
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def run_trial(config: dict, variant: Variant, data_dir: Path, checkpoint: Optional[Path] = None, progress: Optional[Progress] = None) -> TrialOutcome:
+    device = resolve_device(config["device"])
+    torch.manual_seed(config["seed"])
+    progress = progress or Progress()
+    if config["task"] == "ptb":
+        return train_language_model(config, variant, data_dir, device, checkpoint, progress)
+    return train_sentiment(config, variant, data_dir, device, checkpoint, progress)
+
+
+def train_language_model(config, variant, data_dir, device, checkpoint, progress) -> TrialOutcome:
+    corpus = load_ptb(data_dir)
+    model = LanguageModel(len(corpus.vocab), config["cell"], config["hidden_size"], config["num_layers"], variant,
+                          embedding_size=config["embedding_size"] or None).to(device)
+    if config["init_scale"]:
+        model.init_uniform(config["init_scale"])
+    optimizer = _make_optimizer(model, config)
+    train = batchify(_limit(corpus.train, config["train_tokens"]), config["batch_size"]).to(device)
+    valid, test = _limit(corpus.valid, config["valid_tokens"]), _limit(corpus.test, config["test_tokens"])
+    bptt, batch = config["bptt"], config["batch_size"]
+    clock = Clock(device)
+
+    # Everything that must survive a kill lives in `run`; it is checkpointed after every epoch.
+    run = {"epoch": 0, "lr": config["lr"], "best_val": math.inf, "best_weights": None, "bad_epochs": 0,
+           "train_seconds": 0.0, "train_tokens": 0, "val_seconds": 0.0, "val_tokens": 0, "last_val": None}
+    saved = _load_checkpoint(checkpoint)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        run = saved["run"]
+        _set_rng_state(saved["rng"], device)
+
+    chunks_per_epoch = len(range(0, train.shape[0] - 1, bptt))
+    progress.start(chunks_per_epoch * (config["epochs"] - run["epoch"]))
+    for epoch in range(run["epoch"] + 1, config["epochs"] + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = run["lr"]
+        model.train()
+        state = model.initial_state(batch, device)  # reset each epoch, carried across chunks
+        loss_sum, steps = torch.zeros((), device=device), 0
+        started = clock.now()
+        for start in range(0, train.shape[0] - 1, bptt):
+            x = train[start : min(start + bptt, train.shape[0] - 1)]
+            y = train[start + 1 : start + 1 + x.shape[0]]
+            masks = model.draw_masks(config, x.shape[0], batch, device)
+            logits, state = model(x, _detach(state), masks)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            (loss * x.shape[0]).backward()  # mean NLL per step, summed over the chunk's steps (paper §2)
+            if config["max_grad_norm"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
+            optimizer.step()
+            _decay_weights(model, config)
+            loss_sum += loss.detach() * x.shape[0]
+            steps += x.shape[0]
+            progress.tick()
+        run["train_seconds"] += clock.now() - started
+        run["train_tokens"] += steps * batch
+        train_loss = loss_sum.item() / steps
+        if not math.isfinite(train_loss):
+            return _diverged(epoch, run)
+
+        started = clock.now()
+        logprob, _ = lm_target_logprobs(model, valid, config["eval_batch_size"], bptt, device)
+        run["val_seconds"] += clock.now() - started
+        run["val_tokens"] += logprob.size
+        val_ppl = float(np.exp(-logprob.mean()))
+        if not math.isfinite(val_ppl):
+            return _diverged(epoch, run)
+        run["last_val"] = val_ppl
+        progress.on_epoch(epoch, {"lr": run["lr"], "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
+                                  "val_ppl": val_ppl, "train_wps": run["train_tokens"] / run["train_seconds"], "wall_s": run["train_seconds"]})
+        if val_ppl < run["best_val"]:
+            run["best_val"], run["bad_epochs"] = val_ppl, 0
+            if config["early_stopping_patience"]:
+                run["best_weights"] = copy.deepcopy(model.state_dict())
+        else:
+            run["bad_epochs"] += 1
+        if epoch > config["lr_decay_start"]:
+            run["lr"] /= config["lr_decay"]
+        run["epoch"] = epoch
+        _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run, "rng": _rng_state(device)})
+        if config["early_stopping_patience"] and run["bad_epochs"] >= config["early_stopping_patience"]:
+            break
+
+    if run["best_weights"] is not None:  # early stopping reports the best validation epoch's model
+        model.load_state_dict(run["best_weights"])
+    metrics = {"epochs_run": run["epoch"], "val_ppl": run["best_val"] if config["early_stopping_patience"] else run["last_val"],
+               "train_wps": run["train_tokens"] / max(run["train_seconds"], 1e-9),
+               "eval_wps": run["val_tokens"] / max(run["val_seconds"], 1e-9)}
+    logprob, positions = lm_target_logprobs(model, test, config["test_batch_size"], bptt, device)
+    metrics["test_ppl"] = float(np.exp(-logprob.mean()))
+    losses = {"det": per_sentence(logprob, positions, test, corpus.eos_id)}
+    if config["mc_samples"]:
+        started = clock.now()
+        logprob, positions = lm_target_logprobs(model, test, config["test_batch_size"], bptt, device, config, config["mc_samples"])
+        metrics["mc_eval_wps"] = logprob.size * config["mc_samples"] / (clock.now() - started)
+        metrics["test_ppl_mc"] = float(np.exp(-logprob.mean()))
+        losses["mc"] = per_sentence(logprob, positions, test, corpus.eos_id)
+    return TrialOutcome("done", metrics, losses)
+
+
+def _diverged(epoch: int, run: dict) -> TrialOutcome:
+    return TrialOutcome("diverged", {"epochs_run": epoch}, error=f"loss became NaN or inf in epoch {epoch}")
+
+
+def _rmse(predictions_std: np.ndarray, data) -> tuple[float, np.ndarray]:
+    """RMSE on the raw rating scale from standardised predictions; also the per-segment squared errors."""
+    squared = (predictions_std * data.std + data.mean - data.test_y_raw.double().numpy()) ** 2
+    return float(np.sqrt(squared.mean())), squared
+
+
+def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> TrialOutcome:
+    data = load_sentiment(data_dir)
+    model = SentimentRegressor(data.vocab_size, config["cell"], config["hidden_size"], variant,
+                               embedding_size=config["embedding_size"] or config["hidden_size"]).to(device)
+    if config["init_scale"]:
+        model.init_uniform(config["init_scale"])
+    optimizer = _make_optimizer(model, config)
+    train_x, train_y = data.train_x, data.train_y
+    if config["train_segments"]:
+        train_x, train_y = train_x[: config["train_segments"]], train_y[: config["train_segments"]]
+    if config["test_segments"]:
+        data = dataclasses.replace(data, test_x=data.test_x[: config["test_segments"]], test_y_raw=data.test_y_raw[: config["test_segments"]])
+    test_x = data.test_x
+    batch, clock = config["batch_size"], Clock(device)
+
+    run = {"epoch": 0, "lr": config["lr"], "train_seconds": 0.0, "train_tokens": 0}
+    saved = _load_checkpoint(checkpoint)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        run = saved["run"]
+        _set_rng_state(saved["rng"], device)
+
+    batches_per_epoch = math.ceil(train_x.shape[0] / batch)
+    progress.start(batches_per_epoch * (config["epochs"] - run["epoch"]))
+    for epoch in range(run["epoch"] + 1, config["epochs"] + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = run["lr"]
+        model.train()
+        order = torch.randperm(train_x.shape[0])
+        loss_sum, seen = torch.zeros((), device=device), 0
+        started = clock.now()
+        for first in range(0, train_x.shape[0], batch):
+            rows = order[first : first + batch]
+            x, y = train_x[rows].t().to(device), train_y[rows].to(device)
+            masks = model.draw_masks(config, x.shape[0], x.shape[1], device)
+            loss = F.mse_loss(model(x, masks), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config["max_grad_norm"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
+            optimizer.step()
+            _decay_weights(model, config)
+            loss_sum += loss.detach() * rows.numel()
+            seen += rows.numel()
+            progress.tick()
+        run["train_seconds"] += clock.now() - started
+        run["train_tokens"] += seen * train_x.shape[1]
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            return _diverged(epoch, run)
+        test_rmse, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device), data)
+        test_rmse_mc = None
+        if config["mc_samples_per_epoch"]:
+            test_rmse_mc, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device, config, config["mc_samples_per_epoch"]), data)
+        if epoch > config["lr_decay_start"]:
+            run["lr"] /= config["lr_decay"]
+        run["epoch"] = epoch
+        progress.on_epoch(epoch, {"lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "test_rmse": test_rmse,
+                                  "test_rmse_mc": test_rmse_mc, "train_wps": run["train_tokens"] / run["train_seconds"], "wall_s": run["train_seconds"]})
+        _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run, "rng": _rng_state(device)})
+
+    started = clock.now()
+    predictions = sentiment_predictions(model, test_x, EVAL_ROWS, device)
+    eval_seconds = clock.now() - started
+    test_rmse, squared = _rmse(predictions, data)
+    metrics = {"epochs_run": run["epoch"], "test_rmse": test_rmse, "train_wps": run["train_tokens"] / max(run["train_seconds"], 1e-9),
+               "eval_wps": test_x.numel() / eval_seconds}
+    ones = np.ones(squared.shape[0], dtype=np.int64)
+    losses = {"det": (squared, ones)}
+    if config["mc_samples"]:
+        started = clock.now()
+        predictions = sentiment_predictions(model, test_x, EVAL_ROWS, device, config, config["mc_samples"])
+        metrics["mc_eval_wps"] = test_x.numel() * config["mc_samples"] / (clock.now() - started)
+        metrics["test_rmse_mc"], squared = _rmse(predictions, data)
+        losses["mc"] = (squared, ones)
+    return TrialOutcome("done", metrics, losses)
+

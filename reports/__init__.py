@@ -1,0 +1,1 @@
+"""Reports from a results store: CSV exports (and, later, HTML comparison reports)."""
