@@ -168,3 +168,31 @@ def test_model_output_dropout_hits_the_top_layer_only(registry):
     logits, _ = model(tokens, model.initial_state(BATCH), masks)
     top, _ = model.run_layers(tokens, model.initial_state(BATCH), None)
     torch.testing.assert_close(logits, model.decoder(top * masks.output))
+
+
+def test_a_variant_may_supply_its_own_cell_step():
+    """Semeniuta et al. 2016 drop the candidate g instead of the cell: c = f c + i (m g). It reuses the
+    cell slot's per-sequence mask through a custom step."""
+    from dropbench.variants import SEQUENCE, Variant
+
+    def semeniuta_step(x_proj, h, c, recurrent, cell_mask):
+        i, f, g, o = (x_proj + recurrent(h)).chunk(4, 1)
+        g = torch.tanh(g) * (cell_mask if cell_mask is not None else 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * g
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    variant = Variant(name="semeniuta", description="mask on g", masks={"cell": SEQUENCE}, p={"cell": 0.5}, cell_step=semeniuta_step)
+    torch.manual_seed(0)
+    model = LanguageModel(VOCAB, "lstm", HIDDEN, 1, variant).double()
+    tokens = torch.randint(0, VOCAB, (STEPS, BATCH))
+    masks = model.draw_masks({"p_cell": 0.5}, STEPS, BATCH, "cpu")
+    z_c = masks.layers[0].cell = masks.layers[0].cell.double()
+    top, _ = model.run_layers(tokens, model.initial_state(BATCH), masks)
+    layer, x = model.layers[0], model.embedding(tokens)
+    h = c = torch.zeros(BATCH, HIDDEN, dtype=torch.double)
+    for t in range(STEPS):
+        gates = x[t] @ layer.weight_ih.T + h @ layer.weight_hh.T + layer.bias_ih + layer.bias_hh
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * (z_c[0] * torch.tanh(g))
+        h = torch.sigmoid(o) * torch.tanh(c)
+        torch.testing.assert_close(top[t], h)
