@@ -101,16 +101,16 @@ class RecurrentLayer(nn.Module):
         if self.cell == "lstm":
             step = cell_step or lstm_step
             h, c = state
-            for t in range(x.shape[0]):
+            for t, x_t in enumerate(x_proj.unbind(0)):  # unbind: one backward for all steps, not T slice-grads
                 z_h = _at(masks.recurrent, t)
-                h, c = step(x_proj[t], h, c, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h), _at(masks.cell, t))
+                h, c = step(x_t, h, c, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h), _at(masks.cell, t))
                 outputs.append(h)
             state = (h, c)
         else:
             (h,) = state
-            for t in range(x.shape[0]):
+            for t, x_t in enumerate(x_proj.unbind(0)):
                 z_h = _at(masks.recurrent, t)
-                h = gru_step(x_proj[t], h, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h))
+                h = gru_step(x_t, h, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h))
                 outputs.append(h)
             state = (h,)
         return torch.stack(outputs), state

@@ -18,6 +18,8 @@ def _registry(plugins):
 def cmd_run(args) -> int:
     from .config import expand, load_suite, parse_overrides
     from .data import resolve_data_dir
+    from dropbench.reports import write_report
+
     from .run import run_trials
     from .train import resolve_device
 
@@ -26,7 +28,9 @@ def cmd_run(args) -> int:
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     if args.seeds is not None and args.seeds < 1:
         raise DropbenchError(f"--seeds must be at least 1, got {args.seeds}")
-    trials = expand(suite, registry, seeds=args.seeds, only=only, overrides=parse_overrides(args.set or []), device=args.device)
+    from_plugins = [name for name, variant in registry.items() if variant.source.startswith("plugin")]
+    trials = expand(suite, registry, seeds=args.seeds, only=only, overrides=parse_overrides(args.set or []), device=args.device,
+                    extra_variants=from_plugins)
     for trial in trials:  # the resolved config names the device that actually runs it
         trial.config["device"] = resolve_device(trial.config["device"]).type
     if args.dry_run:
@@ -42,7 +46,15 @@ def cmd_run(args) -> int:
     summary = run_trials(trials, registry, out_dir, data_dir, sys.argv, show_progress=not args.no_progress)
     print(f"{len(trials)} trials: " + ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())))
     print(f"results: {out_dir / 'results.sqlite'}, {out_dir / 'results.csv'}, {out_dir / 'curves.csv'}")
+    print(f"report:  {write_report(out_dir, registry)}")
     return 0 if summary.ok else 1
+
+
+def cmd_report(args) -> int:
+    from dropbench.reports import write_report
+
+    print(f"report: {write_report(Path(args.dir), registry=_registry(args.plugin))}")
+    return 0
 
 
 def cmd_variants(args) -> int:
@@ -54,6 +66,34 @@ def cmd_variants(args) -> int:
         width = max(len(r["name"]) for r in rows)
         for r in rows:
             print(f"{r['name']:<{width}}  {r['description']}  [{r['source']}]")
+    return 0
+
+
+def cmd_suites(args) -> int:
+    from .config import expand, load_suite, suite_names
+    from .cost import ASSUMED_GPU_FLOPS, measure_cpu_flops, trial_cost
+
+    registry = _registry(args.plugin)
+    cpu_flops = measure_cpu_flops()
+    rows = []
+    for name in suite_names():
+        suite = load_suite(name)
+        trials = expand(suite, registry)
+        token_steps = flops = 0.0
+        for trial in trials:
+            steps, operations = trial_cost(trial.config)
+            token_steps, flops = token_steps + steps, flops + operations
+        rows.append({"name": suite.name, "description": suite.description, "trials": len(trials), "token_steps": token_steps,
+                     "flops": flops, "cpu_hours": flops / cpu_flops / 3600, "gpu_hours": flops / ASSUMED_GPU_FLOPS / 3600})
+    rates = {"cpu_flops_measured": cpu_flops, "gpu_flops_assumed": ASSUMED_GPU_FLOPS}
+    if args.json:
+        print(json.dumps({"suites": rows, "rates": rates}, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'suite':<{width}}  trials  token-steps  CPU hours  GPU hours  description")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['trials']:>6}  {r['token_steps']:>11.3g}  {r['cpu_hours']:>9.2f}  {r['gpu_hours']:>9.3f}  {r['description']}")
+    print(f"CPU: {cpu_flops / 1e9:.0f} GFLOP/s measured now (2x200 LSTM training); GPU: {ASSUMED_GPU_FLOPS / 1e12:.0f} TFLOP/s assumed for one H100, not measured")
     return 0
 
 
@@ -89,17 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help="run seeds 1..N instead of the suite's seeds")
     run.add_argument("--only", help="comma-separated variant names to run")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key on every trial (repeatable)")
-    run.add_argument("--plugin", action="append", metavar="FILE", help="load variants from a Python file (repeatable)")
+    run.add_argument("--plugin", action="append", metavar="FILE", help="load variants from a Python file and add them to every experiment (repeatable)")
     run.add_argument("--data-dir", help="data folder (default: $DROPBENCH_DATA, else ~/.cache/dropbench)")
     run.add_argument("--dry-run", action="store_true", help="list the resolved trials without running them")
     run.add_argument("--json", action="store_true", help="with --dry-run: print every trial's full config as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
+    report = commands.add_parser("report", help="write report.html, summary.csv and significance.csv for a results folder")
+    report.add_argument("dir", help="the --out folder of a run")
+    report.add_argument("--plugin", action="append", metavar="FILE", help="plugin files, for their variants' descriptions")
+    report.set_defaults(func=cmd_report)
+
     variants = commands.add_parser("variants", help="list the registered dropout variants")
     variants.add_argument("--json", action="store_true")
     variants.add_argument("--plugin", action="append", metavar="FILE")
     variants.set_defaults(func=cmd_variants)
+
+    suites = commands.add_parser("suites", help="list the built-in suites with trial counts and estimated cost")
+    suites.add_argument("--json", action="store_true")
+    suites.add_argument("--plugin", action="append", metavar="FILE")
+    suites.set_defaults(func=cmd_suites)
 
     data = commands.add_parser("data", help="fetch or verify the data sets")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from dropbench.variants import SLOTS, Variant, config_key, get_variant
 
 from .errors import DropbenchError, did_you_mean
+from .reference import reference_columns
 
 PROBABILITY_KEYS = tuple(config_key(slot) for slot in SLOTS)
 CHOICES = {"task": ("ptb", "sentiment"), "cell": ("lstm", "gru"), "optimizer": ("sgd", "adam"), "device": ("auto", "cpu", "cuda")}
@@ -111,6 +112,9 @@ class Trial:
     suite: str
     config: dict
     grid_cell: dict = field(default_factory=dict)
+    experiment: str = ""
+    select: str = ""  # "best_val": of this experiment's grid cells, only the best validation one per seed counts
+    reference: str = ""  # the paper's table column these trials set up (e.g. "medium"), for reference numbers
 
     @property
     def id(self) -> str:
@@ -168,12 +172,17 @@ def parse_suite(raw: dict, where: str, default_name: str) -> Suite:
     )
 
 
-def _grid_cells(grid: dict, where: str) -> list[dict]:
+def _grid_cells(grid: dict, cells, where: str) -> list[dict]:
+    """The experiment's grid cells: every combination of `grid` (key -> list of values), times
+    every explicit cell of `cells` (a list of tables, for values that move together)."""
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise DropbenchError(f"grid key {key!r} needs a non-empty list of values ({where}); write e.g. {key} = [0.25, 0.5]")
+    if cells is not None and not (isinstance(cells, list) and cells and all(isinstance(c, dict) for c in cells)):
+        raise DropbenchError(f"cells must be a non-empty list of tables ({where}); write e.g. cells = [{{ p_input = 0.5 }}]")
     keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))] or [{}]
+    combos = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    return [{**combo, **cell} for combo in combos for cell in (cells or [{}])]
 
 
 def resolve(layers: list[tuple[str, dict]], variant: Variant) -> dict:
@@ -197,8 +206,9 @@ def resolve(layers: list[tuple[str, dict]], variant: Variant) -> dict:
     return config
 
 
-def expand(suite: Suite, registry: dict, seeds=None, only=None, overrides=None, device=None) -> list[Trial]:
-    """Every trial of the suite, in order: experiment, variant, grid cell, seed."""
+def expand(suite: Suite, registry: dict, seeds=None, only=None, overrides=None, device=None, extra_variants=()) -> list[Trial]:
+    """Every trial of the suite, in order: experiment, variant, grid cell, seed. `extra_variants`
+    (the variants of --plugin files) join every experiment that does not already name them."""
     overrides = dict(overrides or {})
     if device is not None:
         overrides["device"] = device
@@ -210,8 +220,16 @@ def expand(suite: Suite, registry: dict, seeds=None, only=None, overrides=None, 
         variant_names = experiment.pop("variants", None)
         if not (isinstance(variant_names, list) and variant_names and all(isinstance(v, str) for v in variant_names)):
             raise DropbenchError(f"experiment needs variants = [\"name\", ...] ({where})")
+        variant_names = variant_names + [name for name in extra_variants if name not in variant_names]
+        label = experiment.pop("name", f"{experiment.get('task', 'ptb')}-{number}")
+        select = experiment.pop("select", "")
+        if select not in ("", "best_val"):
+            raise DropbenchError(f"select = {select!r} is not a selection rule ({where}); use select = \"best_val\" or leave it out")
+        reference = experiment.pop("reference", "")
+        if reference and reference not in reference_columns():
+            raise DropbenchError(f"reference = {reference!r} is not a column of the paper's tables ({where}){did_you_mean(str(reference), reference_columns())}; choose from {', '.join(reference_columns())}")
         per_variant = _table(experiment.pop("per_variant", {}), "experiment.per_variant", where)
-        cells = _grid_cells(_table(experiment.pop("grid", {}), "experiment.grid", where), where)
+        cells = _grid_cells(_table(experiment.pop("grid", {}), "experiment.grid", where), experiment.pop("cells", None), where)
         variants = {name: get_variant(name, registry) for name in variant_names}
         for name in per_variant:
             if name not in variant_names:
@@ -227,7 +245,7 @@ def expand(suite: Suite, registry: dict, seeds=None, only=None, overrides=None, 
                         (f"{where} per_variant.{name}", _table(per_variant.get(name, {}), f"per_variant.{name}", where)),
                         (f"{where} grid", cell), ("--set", overrides), ("seed", {"seed": seed}),
                     ]
-                    trial = Trial(suite=suite.name, config=resolve(layers, variant), grid_cell=cell)
+                    trial = Trial(suite.name, resolve(layers, variant), cell, label, select, reference)
                     if trial.id not in seen:  # grid cells over a slot the variant does not use coincide
                         seen.add(trial.id)
                         trials.append(trial)

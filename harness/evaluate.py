@@ -12,8 +12,8 @@ import math
 import numpy as np
 import torch
 
-# MC copies are processed in groups so that logits (T, rows, V) stay within a few hundred MB.
-MAX_MC_ROWS = 128
+# MC copies are processed in groups so that logits (T, rows, V) stay within about 512 MB.
+MAX_LOGIT_ELEMENTS = 2**27
 
 
 def batchify(stream: torch.Tensor, streams: int) -> torch.Tensor:
@@ -23,30 +23,37 @@ def batchify(stream: torch.Tensor, streams: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, device, config: dict | None = None, mc_samples: int = 0):
+def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, device, config: dict | None = None,
+                       mc_samples: int = 0, draw=None):
     """Log-probability of every predicted token of `stream` (N,), read as `streams` contiguous
     streams with the state carried across chunks of `bptt` steps.
 
     Returns (logprob (M,), position (M,)): numpy arrays; position[i] is the index in `stream` of
-    the i-th predicted token, in stream order. With mc_samples = K > 0, log p̄ over K masks drawn
-    per chunk and per copy; word-type embedding dropout stays off, as in the authors' MC code.
+    the i-th predicted token, in stream order. With mc_samples = K > 0: log p̄ over K stochastic
+    passes run side by side as K copies of every stream. As in the authors' MC code, each pass
+    holds one mask over its whole stream (per-step masks stay per step) and word-type embedding
+    dropout is off. `draw(steps, rows, keep) -> ChunkMasks` replaces the model's mask drawing (tests).
     """
     was_training = model.training
     model.eval()
     data = batchify(stream, streams).to(device)
     length = data.shape[0]
     samples = max(mc_samples, 1)
-    per_group = max(1, min(samples, MAX_MC_ROWS // streams)) if mc_samples else 1
+    per_group = max(1, min(samples, MAX_LOGIT_ELEMENTS // (bptt * model.vocab_size * streams))) if mc_samples else 1
+    draw = draw or (lambda steps, rows, keep: model.draw_masks(config, steps, rows, device, embedding=False, keep=keep))
     total = None
     for first in range(0, samples, per_group):
         copies = min(per_group, samples - first)
         rows = data.repeat_interleave(copies, dim=1)  # row b*copies + j: stream b, sample j
         state = model.initial_state(rows.shape[1], device)
-        pieces = []
+        pieces, held = [], None
         for start in range(0, length - 1, bptt):
             x = rows[start : min(start + bptt, length - 1)]
             y = rows[start + 1 : start + 1 + x.shape[0]]
-            masks = model.draw_masks(config, x.shape[0], x.shape[1], device, embedding=False) if mc_samples else None
+            masks = None
+            if mc_samples:
+                masks = draw(x.shape[0], x.shape[1], held)
+                held = held or masks
             logits, state = model(x, state, masks)
             logp = logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (T, rows)
             pieces.append(logp.view(x.shape[0], streams, copies).logsumexp(-1))

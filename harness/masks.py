@@ -60,31 +60,38 @@ def draw_masks(
     vocab_size: int,
     device,
     embedding: bool = True,
+    keep: Optional[ChunkMasks] = None,
 ) -> ChunkMasks:
     """Masks for one chunk. `config` supplies the probabilities (p_input, ...); a slot whose
-    probability is 0 gets no mask. `embedding=False` leaves word-type dropout out (MC evaluation)."""
+    probability is 0 gets no mask. `embedding=False` leaves word-type dropout out (MC evaluation).
+    With `keep`, once-per-sequence masks are taken from it instead of drawn, so that one mask can
+    hold over a whole evaluation stream while per-step masks stay fresh."""
 
     def p_of(slot):
         return float(config.get(config_key(slot), 0.0)) if slot in variant.masks else 0.0
 
-    def time_dim(slot):
-        return 1 if variant.masks[slot] == SEQUENCE else steps
+    def draw(slot, shape, kept):
+        if p_of(slot) == 0:
+            return None
+        if variant.masks[slot] == SEQUENCE:
+            if keep is not None:
+                return kept
+            shape = (1, *shape[1:]) if slot != "embedding" else shape
+        return bernoulli_mask(shape, p_of(slot), device)
 
     gates = 1 if variant.tied else num_gates
-    layers = []
-    for input_size in input_sizes:
-        layer = LayerMasks()
-        if p_of("input") > 0:
-            layer.input = bernoulli_mask((time_dim("input"), gates, batch, input_size), p_of("input"), device)
-        if p_of("recurrent") > 0:
-            layer.recurrent = bernoulli_mask((time_dim("recurrent"), gates, batch, hidden_size), p_of("recurrent"), device)
-        if p_of("cell") > 0:
-            layer.cell = bernoulli_mask((time_dim("cell"), batch, hidden_size), p_of("cell"), device)
-        layers.append(layer)
-    masks = ChunkMasks(layers=layers)
-    if p_of("output") > 0:
-        masks.output = bernoulli_mask((time_dim("output"), batch, hidden_size), p_of("output"), device)
-    if embedding and p_of("embedding") > 0:
-        shape = (batch, vocab_size) if variant.masks["embedding"] == SEQUENCE else (steps, batch)
-        masks.embedding = bernoulli_mask(shape, p_of("embedding"), device)
-    return masks
+    kept_layers = keep.layers if keep is not None else [LayerMasks() for _ in input_sizes]
+    layers = [
+        LayerMasks(
+            input=draw("input", (steps, gates, batch, input_size), kept.input),
+            recurrent=draw("recurrent", (steps, gates, batch, hidden_size), kept.recurrent),
+            cell=draw("cell", (steps, batch, hidden_size), kept.cell),
+        )
+        for input_size, kept in zip(input_sizes, kept_layers)
+    ]
+    output = draw("output", (steps, batch, hidden_size), keep.output if keep else None)
+    words = None
+    if embedding:
+        shape = (batch, vocab_size) if variant.masks.get("embedding") == SEQUENCE else (steps, batch)
+        words = draw("embedding", shape, keep.embedding if keep else None)
+    return ChunkMasks(layers=layers, embedding=words, output=output)

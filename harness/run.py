@@ -24,6 +24,7 @@ from dropbench.reports.export import export_csvs
 
 from .config import Trial
 from .errors import DropbenchError
+from .lock import FolderLock
 from .store import ResultStore
 from .train import Progress, run_trial
 
@@ -67,30 +68,36 @@ def _writable(out_dir: Path):
 def run_trials(trials: list[Trial], registry: dict, out_dir: Path, data_dir: Path, argv: list[str], show_progress: bool = True) -> RunSummary:
     out_dir = Path(out_dir)
     _writable(out_dir)
-    checkpoints = out_dir / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
-    store = ResultStore(out_dir / "results.sqlite")
-    try:
-        devices = sorted({t.config["device"] for t in trials})
-        run_id = store.start_run(trials[0].suite if trials else "", argv, environment(",".join(devices)))
-        for position, trial in enumerate(trials):
-            store.register_trial(trial.id, position, trial.suite, trial.config, trial.grid_cell)
-        todo = [t for t in trials if store.status(t.id) not in FINISHED]
-        suite_bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="suite", unit="trial", disable=not show_progress, position=0)
-        for trial in todo:
-            _run_one(trial, registry, store, run_id, data_dir, checkpoints, show_progress)
-            suite_bar.update(1)
+    with FolderLock(out_dir):
+        checkpoints = out_dir / "checkpoints"
+        checkpoints.mkdir(exist_ok=True)
+        store = ResultStore(out_dir / "results.sqlite")
+        try:
+            return _run_all(trials, registry, store, out_dir, data_dir, checkpoints, argv, show_progress)
+        finally:
             export_csvs(store, out_dir)
-        suite_bar.close()
+            store.close()
+
+
+def _run_all(trials, registry, store, out_dir, data_dir, checkpoints, argv, show_progress) -> RunSummary:
+    devices = sorted({t.config["device"] for t in trials})
+    run_id = store.start_run(trials[0].suite if trials else "", argv, environment(",".join(devices)))
+    for position, trial in enumerate(trials):
+        store.register_trial(trial.id, position, trial.suite, trial.config, trial.grid_cell, trial.experiment, trial.select, trial.reference)
+    todo = [t for t in trials if store.status(t.id) not in FINISHED]
+    suite_bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="suite", unit="trial", disable=not show_progress, position=0)
+    for trial in todo:
+        _run_one(trial, registry, store, run_id, data_dir, checkpoints, show_progress)
+        suite_bar.update(1)
         export_csvs(store, out_dir)
-        store.finish_run(run_id)
-        counts = {}
-        for row in store.trials():
-            if row["id"] in {t.id for t in trials}:
-                counts[row["status"]] = counts.get(row["status"], 0) + 1
-        return RunSummary(counts, out_dir)
-    finally:
-        store.close()
+    suite_bar.close()
+    store.finish_run(run_id)
+    ids = {t.id for t in trials}
+    counts = {}
+    for row in store.trials():
+        if row["id"] in ids:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return RunSummary(counts, out_dir)
 
 
 def _run_one(trial: Trial, registry, store: ResultStore, run_id: int, data_dir: Path, checkpoints: Path, show_progress: bool):
@@ -101,13 +108,15 @@ def _run_one(trial: Trial, registry, store: ResultStore, run_id: int, data_dir: 
     def start(total):
         bar.reset(total=total)
 
-    progress = Progress(on_epoch=lambda epoch, values: store.record_epoch(trial.id, epoch, values), start=start, tick=lambda: bar.update(1))
+    progress = Progress(on_epoch=lambda epoch, values: store.record_epoch(trial.id, epoch, values), start=start,
+                        tick=lambda: bar.update(1), note=lambda message: tqdm.write(f"{label}: {message}", file=sys.stderr))
     store.mark_running(trial.id, run_id)
     checkpoint = checkpoints / f"{trial.id}.pt"
     started = time.perf_counter()
     try:
         outcome = run_trial(config, registry[config["variant"]], data_dir, checkpoint, progress)
-    except DropbenchError:
+    except (DropbenchError, KeyboardInterrupt):
+        store.set_status(trial.id, "interrupted")
         raise
     except Exception:
         store.finish_trial(trial.id, "failed", {"wall_s": time.perf_counter() - started}, error=traceback.format_exc())

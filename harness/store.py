@@ -17,27 +17,18 @@ import sqlite3
 import time
 from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, suite TEXT, argv TEXT, environment TEXT,
-    started_at REAL, finished_at REAL
-);
-CREATE TABLE IF NOT EXISTS trials (
-    id TEXT PRIMARY KEY, position INTEGER, run_id INTEGER, suite TEXT, task TEXT, variant TEXT, seed INTEGER,
-    grid_cell TEXT, config TEXT, status TEXT, epochs_run INTEGER,
-    val_ppl REAL, test_ppl REAL, test_ppl_mc REAL, test_rmse REAL, test_rmse_mc REAL,
-    train_wps REAL, eval_wps REAL, mc_eval_wps REAL, wall_s REAL, error TEXT, updated_at REAL
-);
-CREATE TABLE IF NOT EXISTS curves (
-    trial_id TEXT, epoch INTEGER, lr REAL, train_loss REAL, train_ppl REAL, val_ppl REAL,
-    test_rmse REAL, test_rmse_mc REAL, train_wps REAL, wall_s REAL,
-    PRIMARY KEY (trial_id, epoch)
-);
-CREATE TABLE IF NOT EXISTS sample_losses (
-    trial_id TEXT, kind TEXT, idx INTEGER, loss REAL, count INTEGER,
-    PRIMARY KEY (trial_id, kind, idx)
-);
-"""
+TABLES = {
+    "runs": ["id INTEGER PRIMARY KEY AUTOINCREMENT", "suite TEXT", "argv TEXT", "environment TEXT", "started_at REAL", "finished_at REAL"],
+    "trials": [
+        "id TEXT PRIMARY KEY", "position INTEGER", "run_id INTEGER", "suite TEXT", "experiment TEXT", "selection TEXT", "reference TEXT",
+        "task TEXT", "variant TEXT", "seed INTEGER", "grid_cell TEXT", "config TEXT", "status TEXT", "epochs_run INTEGER",
+        "val_ppl REAL", "test_ppl REAL", "test_ppl_mc REAL", "test_rmse REAL", "test_rmse_mc REAL",
+        "train_wps REAL", "eval_wps REAL", "mc_eval_wps REAL", "wall_s REAL", "error TEXT", "updated_at REAL",
+    ],
+    "curves": ["trial_id TEXT", "epoch INTEGER", "lr REAL", "train_loss REAL", "train_ppl REAL", "val_ppl REAL",
+               "test_rmse REAL", "test_rmse_mc REAL", "train_wps REAL", "wall_s REAL", "PRIMARY KEY (trial_id, epoch)"],
+    "sample_losses": ["trial_id TEXT", "kind TEXT", "idx INTEGER", "loss REAL", "count INTEGER", "PRIMARY KEY (trial_id, kind, idx)"],
+}
 METRICS = ("val_ppl", "test_ppl", "test_ppl_mc", "test_rmse", "test_rmse_mc", "train_wps", "eval_wps", "mc_eval_wps")
 CURVE_COLUMNS = ("lr", "train_loss", "train_ppl", "val_ppl", "test_rmse", "test_rmse_mc", "train_wps", "wall_s")
 
@@ -49,7 +40,17 @@ class ResultStore:
         self.db.row_factory = sqlite3.Row
         with self.db:
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
+            for table, columns in TABLES.items():
+                self.db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(columns)})")
+                self._add_missing_columns(table, columns)
+
+    def _add_missing_columns(self, table: str, columns: list[str]):
+        """Bring a table written by an older dropbench up to date: add the columns it lacks."""
+        present = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            name, kind = column.split()[:2]
+            if name != "PRIMARY" and name not in present:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self):
         self.db.close()
@@ -66,13 +67,14 @@ class ResultStore:
         with self.db:
             self.db.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (time.time(), run_id))
 
-    def register_trial(self, trial_id: str, position: int, suite: str, config: dict, grid_cell: dict):
+    def register_trial(self, trial_id: str, position: int, suite: str, config: dict, grid_cell: dict,
+                       experiment: str = "", selection: str = "", reference: str = ""):
         """Record a planned trial; a trial already known (from an earlier run) keeps its state."""
         with self.db:
             self.db.execute(
-                "INSERT OR IGNORE INTO trials (id, position, suite, task, variant, seed, grid_cell, config, status, epochs_run, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?)",
-                (trial_id, position, suite, config["task"], config["variant"], config["seed"],
+                "INSERT OR IGNORE INTO trials (id, position, suite, experiment, selection, reference, task, variant, seed, grid_cell,"
+                " config, status, epochs_run, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?)",
+                (trial_id, position, suite, experiment, selection, reference, config["task"], config["variant"], config["seed"],
                  json.dumps(grid_cell, sort_keys=True), json.dumps(config, sort_keys=True), time.time()),
             )
 
@@ -82,7 +84,11 @@ class ResultStore:
 
     def mark_running(self, trial_id: str, run_id: int):
         with self.db:
-            self.db.execute("UPDATE trials SET status = 'running', run_id = ?, updated_at = ? WHERE id = ?", (run_id, time.time(), trial_id))
+            self.db.execute("UPDATE trials SET status = 'running', run_id = ?, error = NULL, updated_at = ? WHERE id = ?", (run_id, time.time(), trial_id))
+
+    def set_status(self, trial_id: str, status: str):
+        with self.db:
+            self.db.execute("UPDATE trials SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), trial_id))
 
     def record_epoch(self, trial_id: str, epoch: int, values: dict):
         columns = [c for c in CURVE_COLUMNS if values.get(c) is not None]

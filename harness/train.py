@@ -47,6 +47,7 @@ class Progress:
     on_epoch: Callable[[int, dict], None] = lambda epoch, values: None
     start: Callable[[int], None] = lambda total_batches: None
     tick: Callable[[], None] = lambda: None
+    note: Callable[[str], None] = lambda message: None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,28 +93,34 @@ def _decay_weights(model, config):
                 param.mul_(1.0 - config["weight_decay"])
 
 
-def _save_checkpoint(path: Optional[Path], payload: dict):
+def _save_checkpoint(path: Optional[Path], model, optimizer, run: dict, device):
+    """Everything needed to continue after this epoch, written atomically (temporary file + rename)."""
     if path is None:
         return
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
     temporary = path.with_suffix(".tmp")
-    torch.save(payload, temporary)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run, "rng": rng}, temporary)
     os.replace(temporary, path)
 
 
-def _load_checkpoint(path: Optional[Path]) -> Optional[dict]:
+def _resume(path: Optional[Path], model, optimizer, run: dict, device, progress) -> dict:
+    """Restore model, optimizer and RNG from the last epoch's checkpoint; returns its `run` state,
+    or `run` unchanged when there is none. A corrupt or truncated checkpoint is removed and the
+    trial starts afresh; loading is `weights_only`, so a checkpoint can never run code."""
     if path is None or not path.exists():
-        return None
-    return torch.load(path, weights_only=True)
-
-
-def _rng_state(device):
-    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
-
-
-def _set_rng_state(state, device):
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state["cuda"].numel():
-        torch.cuda.set_rng_state(state["cuda"], device)
+        return run
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as exc:
+        progress.note(f"checkpoint {path.name} is corrupt or truncated ({type(exc).__name__}); starting this trial afresh")
+        path.unlink()
+        return run
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"]["cpu"])
+    if device.type == "cuda" and saved["rng"]["cuda"].numel():
+        torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
+    return saved["run"]
 
 
 def run_trial(config: dict, variant: Variant, data_dir: Path, checkpoint: Optional[Path] = None, progress: Optional[Progress] = None) -> TrialOutcome:
@@ -140,12 +147,7 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
     # Everything that must survive a kill lives in `run`; it is checkpointed after every epoch.
     run = {"epoch": 0, "lr": config["lr"], "best_val": math.inf, "best_weights": None, "bad_epochs": 0,
            "train_seconds": 0.0, "train_tokens": 0, "val_seconds": 0.0, "val_tokens": 0, "last_val": None}
-    saved = _load_checkpoint(checkpoint)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        run = saved["run"]
-        _set_rng_state(saved["rng"], device)
+    run = _resume(checkpoint, model, optimizer, run, device, progress)
 
     chunks_per_epoch = len(range(0, train.shape[0] - 1, bptt))
     progress.start(chunks_per_epoch * (config["epochs"] - run["epoch"]))
@@ -196,7 +198,7 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
         if epoch > config["lr_decay_start"]:
             run["lr"] /= config["lr_decay"]
         run["epoch"] = epoch
-        _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run, "rng": _rng_state(device)})
+        _save_checkpoint(checkpoint, model, optimizer, run, device)
         if config["early_stopping_patience"] and run["bad_epochs"] >= config["early_stopping_patience"]:
             break
 
@@ -243,12 +245,7 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
     batch, clock = config["batch_size"], Clock(device)
 
     run = {"epoch": 0, "lr": config["lr"], "train_seconds": 0.0, "train_tokens": 0}
-    saved = _load_checkpoint(checkpoint)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        run = saved["run"]
-        _set_rng_state(saved["rng"], device)
+    run = _resume(checkpoint, model, optimizer, run, device, progress)
 
     batches_per_epoch = math.ceil(train_x.shape[0] / batch)
     progress.start(batches_per_epoch * (config["epochs"] - run["epoch"]))
@@ -287,7 +284,7 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
         run["epoch"] = epoch
         progress.on_epoch(epoch, {"lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "test_rmse": test_rmse,
                                   "test_rmse_mc": test_rmse_mc, "train_wps": run["train_tokens"] / run["train_seconds"], "wall_s": run["train_seconds"]})
-        _save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run, "rng": _rng_state(device)})
+        _save_checkpoint(checkpoint, model, optimizer, run, device)
 
     started = clock.now()
     predictions = sentiment_predictions(model, test_x, EVAL_ROWS, device)

@@ -116,3 +116,11 @@ def test_cli_errors_are_one_line_without_traceback():
 
 def test_common_keys_cover_the_issue_names():
     assert set(ISSUE_KEYS) <= set(COMMON)
+
+
+def test_plugin_variants_join_every_experiment(registry):
+    from dropbench.variants import SEQUENCE, Variant
+    mine = Variant(name="mine", description="d", masks={"recurrent": SEQUENCE}, p={"recurrent": 0.3}, source="plugin x.py")
+    trials = expand(suite(BASIC), {**registry, "mine": mine}, extra_variants=["mine"])
+    assert sum(t.config["variant"] == "mine" for t in trials) == 2 * 2  # two grid cells x two seeds
+    assert {t.config["p_recurrent"] for t in trials if t.config["variant"] == "mine"} == {0.1, 0.2}

@@ -17,12 +17,12 @@ class FixedProbabilities(torch.nn.Module):
     def __init__(self, per_copy):
         super().__init__()
         self.per_copy = per_copy  # (K, V) probabilities
-        self.calls = 0
+        self.vocab_size = per_copy.shape[1]
 
     def initial_state(self, batch, device=None):
         return []
 
-    def draw_masks(self, config, steps, batch, device, embedding=True):
+    def draw_masks(self, config, steps, batch, device, embedding=True, keep=None):
         return "masks"
 
     def forward(self, tokens, state, masks=None):
@@ -87,3 +87,46 @@ def test_per_sentence_losses_sum_to_the_total():
     assert count.tolist() == [2, 2, 4]
     np.testing.assert_allclose(nll, [0.1 + 0.2, 0.3 + 0.4, 0.5 + 0.6 + 0.7 + 0.8])
     assert math.isclose(nll.sum() / count.sum(), -logprob.mean())
+
+
+def _rows(masks, rows):
+    """The masks of some batch rows: every mask has the batch in its second-to-last dimension."""
+    from dropbench.harness.masks import ChunkMasks, LayerMasks
+
+    def pick(mask):
+        return None if mask is None else mask[..., rows, :]
+    return ChunkMasks([LayerMasks(pick(l.input), pick(l.recurrent), pick(l.cell)) for l in masks.layers],
+                      embedding=None if masks.embedding is None else masks.embedding[rows], output=pick(masks.output))
+
+
+@pytest.mark.parametrize("name", ["variational-untied", "zaremba", "moon"])
+def test_mc_with_k_samples_is_the_mean_of_k_single_sample_evaluations_with_the_same_masks(registry, name):
+    torch.manual_seed(0)
+    model = LanguageModel(30, "lstm", 8, 2, registry[name]).double()
+    config = {"p_input": 0.5, "p_recurrent": 0.5, "p_output": 0.5, "p_cell": 0.5}
+    stream = torch.randint(0, 30, (50,))
+    drawn = []
+
+    def record(steps, rows, keep):
+        masks = model.draw_masks(config, steps, rows, "cpu", embedding=False, keep=keep)
+        for layer in masks.layers:
+            for slot in ("input", "recurrent", "cell"):
+                if getattr(layer, slot) is not None:
+                    setattr(layer, slot, getattr(layer, slot).double())
+        masks.output = masks.output.double() if masks.output is not None else None
+        drawn.append(masks)
+        return masks
+
+    samples = 4
+    mc, _ = lm_target_logprobs(model, stream, 1, 8, "cpu", config, mc_samples=samples, draw=record)
+    chunks = drawn[:]
+    singles = []
+    for k in range(samples):
+        replay = iter(chunks)
+        single, _ = lm_target_logprobs(model, stream, 1, 8, "cpu", config, mc_samples=1,
+                                       draw=lambda steps, rows, keep: _rows(next(replay), slice(k, k + 1)))
+        singles.append(single)
+    expected = np.log(np.mean(np.exp(np.stack(singles)), axis=0))
+    np.testing.assert_allclose(mc, expected, rtol=1e-10)
+    if name == "variational-untied":  # one mask held over the whole stream, not redrawn per chunk
+        assert all(c.layers[0].recurrent is chunks[0].layers[0].recurrent for c in chunks)
