@@ -97,6 +97,35 @@ def cmd_suites(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from tqdm import tqdm
+
+    from .bench import BASELINE, parse_size, run_bench
+    from .train import resolve_device
+
+    registry = _registry(args.plugin)
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+        from dropbench.variants import get_variant
+        registry = {name: get_variant(name, registry) for name in wanted}
+    device = resolve_device(args.device)
+    hidden, layers = parse_size(args.size)
+    with tqdm(total=args.rounds * (len(registry) + 1), desc=f"bench {hidden}x{layers} on {device.type}", unit="model", disable=args.no_progress) as bar:
+        result = run_bench(registry, device, hidden, layers, rounds=args.rounds, progress=lambda: bar.update(1))
+    print(f"{result['device_name']}, torch {result['torch']}, {result['threads']} threads; LSTM {hidden}x{layers}, batch {result['batch_size']},"
+          f" bptt {result['bptt']}; matmul peak {result['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; {result['flops_per_token_forward'] / 1e6:.1f} MFLOP/token forward")
+    print(f"{'variant':<20} {'train w/s':>10} {'x base':>7} {'eval w/s':>10} {'x base':>7} {'% peak':>7} {'MC samples*w/s':>15} {'MC cost (passes)':>17}")
+    for row in sorted(result["rows"], key=lambda r: r["variant"] != BASELINE):
+        mc = f"{row['mc_samples_wps']:>15.0f} {row['mc_cost_in_deterministic_passes']:>17.1f}" if "mc_samples_wps" in row else f"{'-':>15} {'-':>17}"
+        print(f"{row['variant']:<20} {row['train_wps']:>10.0f} {row['train_ratio_to_baseline']:>7.2f} {row['eval_wps']:>10.0f}"
+              f" {row['eval_ratio_to_baseline']:>7.2f} {100 * row['train_flops_fraction_of_peak']:>6.0f}% {mc}")
+    print(f"MC: {result['mc_samples']} samples over one stream; cost = time of MC / time of one deterministic pass")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_data(args) -> int:
     from .data import DEFAULT_CACHE, resolve_data_dir, verify_data
     from .fetch import fetch
@@ -150,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     suites.add_argument("--json", action="store_true")
     suites.add_argument("--plugin", action="append", metavar="FILE")
     suites.set_defaults(func=cmd_suites)
+
+    bench = commands.add_parser("bench", help="measure train/eval words per second of every variant beside torch.nn.LSTM")
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--size", default="small", help="small, medium, large or HxL, e.g. 256x2 (default: small)")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported (default 3)")
+    bench.add_argument("--only", help="comma-separated variants to measure (default: all registered)")
+    bench.add_argument("--plugin", action="append", metavar="FILE")
+    bench.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=cmd_bench)
 
     data = commands.add_parser("data", help="fetch or verify the data sets")
     data_commands = data.add_subparsers(dest="data_command", required=True)

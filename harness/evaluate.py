@@ -55,7 +55,8 @@ def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, dev
                 masks = draw(x.shape[0], x.shape[1], held)
                 held = held or masks
             logits, state = model(x, state, masks)
-            logp = logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (T, rows)
+            # log p(y) = logit_y - logsumexp(logits): no full log-softmax tensor is written
+            logp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (T, rows)
             pieces.append(logp.view(x.shape[0], streams, copies).logsumexp(-1))
         group = torch.cat(pieces)  # (length - 1, streams): log Σ_j p_j over this group's copies
         total = group if total is None else torch.logaddexp(total, group)

@@ -132,3 +132,48 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_results(tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     columns = ["trial_id", "status", "epochs_run", "val_ppl", "test_ppl", "test_ppl_mc"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv")[columns], pd.read_csv(tmp_path / "reference" / "results.csv")[columns])
+
+
+def test_cuda_without_cuda_is_a_clear_error(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = dropbench("run", "smoke", "--device", "cuda", "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--device cuda" in result.stderr and "use --device cpu or auto" in result.stderr
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = dropbench("run", "smoke", "--out", str(blocker / "out"), "--data-dir", str(data_dir), "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot write to output folder" in result.stderr and "--out" in result.stderr
+
+
+def test_missing_data_names_the_fetch_command(tmp_path):
+    result = dropbench("run", "smoke", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "empty"), "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "dropbench data fetch ptb" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_ctrl_c_stops_cleanly_after_saving_and_the_rerun_finishes(tmp_path, data_dir):
+    suite = tmp_path / "slow.toml"
+    suite.write_text(SLOW_SUITE)
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--data-dir", str(data_dir), "--no-progress", "--device", "cpu"]
+    process = subprocess.Popen([sys.executable, "-m", "dropbench.harness.cli", "run", str(suite), *common],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "curves.csv").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert "interrupted" in stderr and "rerun the same command to resume" in stderr
+    statuses = pd.read_csv(out / "results.csv")["status"]
+    assert "running" not in set(statuses)
+    resumed = dropbench("run", str(suite), *common)
+    assert resumed.returncode == 0
+    assert (pd.read_csv(out / "results.csv")["status"] == "done").all()

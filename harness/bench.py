@@ -1,0 +1,141 @@
+"""`dropbench bench`: training and evaluation speed of every registered variant beside a
+`torch.nn.LSTM` baseline (cuDNN on GPU, oneDNN on CPU) at the same size, in one process.
+
+Measurements are interleaved — round r times every model once before round r+1 starts — and the
+median over rounds is reported, so drift of the machine (turbo, other load) hits every model alike.
+Words per second count target tokens (batch x steps). FLOPs per token follow `cost.py`; the
+matmul peak is measured in the same run with the decoder's own matrix shape.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cost import PTB_VOCAB, forward_flops_per_token
+from .errors import DropbenchError
+from .evaluate import lm_target_logprobs
+from .models import LanguageModel
+
+SIZES = {"small": (200, 2), "medium": (650, 2), "large": (1500, 2)}
+BASELINE = "baseline-nn.LSTM"
+BATCH, STEPS = 20, 35
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'medium' -> (650, 2); '256x1' -> (256, 1)."""
+    if text in SIZES:
+        return SIZES[text]
+    hidden, sep, layers = text.partition("x")
+    if sep and hidden.isdigit() and layers.isdigit() and int(hidden) > 0 and int(layers) > 0:
+        return int(hidden), int(layers)
+    raise DropbenchError(f"--size {text!r} is not small, medium, large or HxL (e.g. 256x2)")
+
+
+class BaselineLM(nn.Module):
+    """Embedding -> torch.nn.LSTM -> linear: the fused-kernel reference, no dropout."""
+
+    def __init__(self, hidden: int, layers: int):
+        super().__init__()
+        self.embedding = nn.Embedding(PTB_VOCAB, hidden)
+        self.rnn = nn.LSTM(hidden, hidden, layers)
+        self.decoder = nn.Linear(hidden, PTB_VOCAB)
+
+    def forward(self, tokens):
+        out, _ = self.rnn(self.embedding(tokens))
+        return self.decoder(out)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device, fn, repeats: int) -> float:
+    """Seconds per call of fn, after one warm-up call."""
+    fn()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def _probabilities(variant) -> dict:
+    return {f"p_{slot}": p for slot, p in variant.p.items()} or {}
+
+
+def matmul_peak(device, hidden: int) -> float:
+    """FLOP/s of the decoder-shaped product (BATCH*STEPS x hidden) @ (hidden x vocab), measured now."""
+    a = torch.randn(BATCH * STEPS, hidden, device=device)
+    b = torch.randn(hidden, PTB_VOCAB, device=device)
+    seconds = _timed(device, lambda: a @ b, 20)
+    return 2 * BATCH * STEPS * hidden * PTB_VOCAB / seconds
+
+
+def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 3, repeats: int = 3,
+              mc_samples: int = 32, mc_tokens: int = 2000, progress=None) -> dict:
+    torch.manual_seed(0)
+    tokens = torch.randint(0, PTB_VOCAB, (STEPS + 1, BATCH), device=device)
+    x, y = tokens[:-1], tokens[1:]
+    models = {name: LanguageModel(PTB_VOCAB, "lstm", hidden, layers, variant).to(device) for name, variant in registry.items()}
+    models[BASELINE] = BaselineLM(hidden, layers).to(device)
+
+    def train_step(name):
+        model = models[name]
+        if name == BASELINE:
+            logits = model(x)
+        else:
+            masks = model.draw_masks(_probabilities(model.variant), STEPS, BATCH, device)
+            logits, _ = model(x, model.initial_state(BATCH, device), masks)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(param.grad, alpha=-0.01)
+
+    @torch.no_grad()
+    def eval_step(name):
+        model = models[name]
+        if name == BASELINE:
+            model(x)
+        else:
+            model(x, model.initial_state(BATCH, device))
+
+    train, evaluation = {name: [] for name in models}, {name: [] for name in models}
+    for _ in range(rounds):
+        for name in models:
+            train[name].append(BATCH * STEPS / _timed(device, lambda: train_step(name), repeats))
+            evaluation[name].append(BATCH * STEPS / _timed(device, lambda: eval_step(name), repeats))
+            if progress:
+                progress()
+
+    stream = torch.randint(0, PTB_VOCAB, (mc_tokens,))
+    flops = forward_flops_per_token({"task": "ptb", "cell": "lstm", "hidden_size": hidden, "embedding_size": 0, "num_layers": layers})
+    peak = matmul_peak(device, hidden)
+    rows = []
+    for name in models:
+        row = {"variant": name, "train_wps": statistics.median(train[name]), "eval_wps": statistics.median(evaluation[name])}
+        row["train_flops_fraction_of_peak"] = row["train_wps"] * 3 * flops / peak
+        if name != BASELINE and models[name].variant.stochastic:
+            model, config = models[name], _probabilities(models[name].variant)
+            deterministic = _timed(device, lambda: lm_target_logprobs(model, stream, 1, STEPS, device), 1)
+            monte_carlo = _timed(device, lambda: lm_target_logprobs(model, stream, 1, STEPS, device, config, mc_samples), 1)
+            row["mc_samples_wps"] = mc_samples * (mc_tokens - 1) / monte_carlo
+            row["mc_cost_in_deterministic_passes"] = monte_carlo / deterministic
+        rows.append(row)
+    baseline = next(r for r in rows if r["variant"] == BASELINE)
+    for row in rows:
+        row["train_ratio_to_baseline"] = row["train_wps"] / baseline["train_wps"]
+        row["eval_ratio_to_baseline"] = row["eval_wps"] / baseline["eval_wps"]
+    return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "hidden_size": hidden, "num_layers": layers,
+            "batch_size": BATCH, "bptt": STEPS, "rounds": rounds, "mc_samples": mc_samples,
+            "flops_per_token_forward": flops, "matmul_peak_flops": peak, "rows": rows}
