@@ -75,6 +75,11 @@ def _at(mask: Optional[torch.Tensor], t: int):
 
 
 class RecurrentLayer(nn.Module):
+    # Where no mask touches the recurrence (no recurrent or cell mask, one input mask for all gates:
+    # none, zaremba, ...), the masked input goes through PyTorch's fused kernel (oneDNN / cuDNN),
+    # which computes the same function as the step loop below, faster.
+    use_fused_kernel = True
+
     def __init__(self, cell: str, input_size: int, hidden_size: int):
         super().__init__()
         if cell not in GATES:
@@ -96,6 +101,9 @@ class RecurrentLayer(nn.Module):
     def forward(self, x: torch.Tensor, state: tuple, masks: Optional[LayerMasks] = None, cell_step: Optional[Callable] = None):
         """x: (T, B, I); state: (h, c) for LSTM, (h,) for GRU, each (B, H). Returns (T, B, H), state."""
         masks = masks or LayerMasks()
+        if self.use_fused_kernel and cell_step is None and masks.recurrent is None and masks.cell is None \
+                and (masks.input is None or masks.input.shape[1] == 1):
+            return self._fused(x if masks.input is None else x * masks.input[:, 0], state)
         x_proj = project_inputs(x, self.weight_ih, self.bias_ih, masks.input)
         outputs = []
         if self.cell == "lstm":
@@ -114,3 +122,12 @@ class RecurrentLayer(nn.Module):
                 outputs.append(h)
             state = (h,)
         return torch.stack(outputs), state
+
+    def _fused(self, x: torch.Tensor, state: tuple):
+        params = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        initial = tuple(s.unsqueeze(0) for s in state)  # (1, B, H): one layer
+        if self.cell == "lstm":
+            out, h, c = torch.lstm(x, initial, params, True, 1, 0.0, self.training, False, False)
+            return out, (h[0], c[0])
+        out, h = torch.gru(x, initial[0], params, True, 1, 0.0, self.training, False, False)
+        return out, (h[0],)

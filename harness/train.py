@@ -177,7 +177,7 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
         run["train_tokens"] += steps * batch
         train_loss = loss_sum.item() / steps
         if not math.isfinite(train_loss):
-            return _diverged(epoch, run)
+            return _diverged(epoch)
 
         started = clock.now()
         logprob, _ = lm_target_logprobs(model, valid, config["eval_batch_size"], bptt, device)
@@ -185,7 +185,7 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
         run["val_tokens"] += logprob.size
         val_ppl = float(np.exp(-logprob.mean()))
         if not math.isfinite(val_ppl):
-            return _diverged(epoch, run)
+            return _diverged(epoch)
         run["last_val"] = val_ppl
         progress.on_epoch(epoch, {"lr": run["lr"], "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
                                   "val_ppl": val_ppl, "train_wps": run["train_tokens"] / run["train_seconds"], "wall_s": run["train_seconds"]})
@@ -219,7 +219,7 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
     return TrialOutcome("done", metrics, losses)
 
 
-def _diverged(epoch: int, run: dict) -> TrialOutcome:
+def _diverged(epoch: int) -> TrialOutcome:
     return TrialOutcome("diverged", {"epochs_run": epoch}, error=f"loss became NaN or inf in epoch {epoch}")
 
 
@@ -274,7 +274,7 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
         run["train_tokens"] += seen * train_x.shape[1]
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
-            return _diverged(epoch, run)
+            return _diverged(epoch)
         test_rmse, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device), data)
         test_rmse_mc = None
         if config["mc_samples_per_epoch"]:

@@ -49,3 +49,32 @@ def test_state_carried_across_chunks_equals_one_long_pass(registry):
     first, state = model(tokens[:5], model.initial_state(2))
     second, _ = model(tokens[5:], state)
     torch.testing.assert_close(torch.cat([first, second]), whole)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("name", ["none", "zaremba", "variational-tied"])
+def test_fused_kernel_path_equals_the_step_loop(registry, name, cell, monkeypatch):
+    """Variants whose masks leave the recurrence alone may run PyTorch's fused kernel; it must
+    compute what the generic step loop computes, masks included, gradients included."""
+    from dropbench.harness.cell import RecurrentLayer
+
+    torch.manual_seed(0)
+    model = LanguageModel(50, cell, 8, 2, registry[name]).double()
+    tokens = torch.randint(0, 50, (9, 3))
+    config = {"p_input": 0.5, "p_output": 0.5, "p_embedding": 0.3, "p_recurrent": 0.0}
+    masks = model.draw_masks(config, 9, 3, "cpu")
+    for layer in masks.layers:
+        layer.input = None if layer.input is None else layer.input.double()
+    masks.output = None if masks.output is None else masks.output.double()
+    masks.embedding = None if masks.embedding is None else masks.embedding.double()
+
+    def run(fused):
+        monkeypatch.setattr(RecurrentLayer, "use_fused_kernel", fused)
+        model.zero_grad()
+        logits, state = model(tokens, model.initial_state(3), masks)
+        logits.logsumexp(-1).sum().backward()
+        return logits.detach(), [s.detach() for layer in state for s in layer], [p.grad.clone() for p in model.parameters()]
+
+    fused, loop = run(True), run(False)
+    for a, b in zip([fused[0], *fused[1], *fused[2]], [loop[0], *loop[1], *loop[2]]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
