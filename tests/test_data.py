@@ -20,7 +20,7 @@ from dropbench.harness.data import (
 from dropbench.harness.errors import DropbenchError
 
 DATA = Path(os.environ.get("DROPBENCH_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
-needs_data = pytest.mark.skipif(not (DATA / "ptb").is_dir(), reason=f"no shared data in {DATA}")
+needs_data = pytest.mark.usefixtures("data_dir")  # fails, not skips, without the shared data
 
 
 def _plain_ptb(folder: Path, skip: str | None = None) -> Path:

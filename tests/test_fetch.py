@@ -18,7 +18,7 @@ from dropbench.harness.errors import DropbenchError
 from dropbench.harness.fetch import fetch
 
 DATA = Path(os.environ.get("DROPBENCH_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
-needs_data = pytest.mark.skipif(not (DATA / "ptb").is_dir(), reason=f"no shared data in {DATA}")
+needs_data = pytest.mark.usefixtures("data_dir")  # fails, not skips, without the shared data
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -128,3 +128,22 @@ def test_unreachable_mirror(tmp_path):
     message = str(err.value)
     assert f"{url}/ptb/ptb.train.txt" in message and "--mirror" in message and "\n" not in message
     assert _files(tmp_path) == []
+
+
+@needs_data
+def test_data_commands_fetch_and_verify(tmp_path):
+    import subprocess
+    import sys
+    dest = tmp_path / "cache"
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    cli = [sys.executable, "-m", "dropbench.harness.cli", "data"]
+    with serve(DATA) as url:
+        fetched = subprocess.run(cli + ["fetch", "all", "--mirror", url, "--data-dir", str(dest)], capture_output=True, text=True, env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    assert "ptb.train.txt" in fetched.stdout and "scale_data.tar.gz" in fetched.stdout
+    verified = subprocess.run(cli + ["verify", "--data-dir", str(dest)], capture_output=True, text=True)
+    assert verified.returncode == 0 and "all 11 files verified" in verified.stdout
+    (dest / "ptb" / "ptb.valid.txt").write_text("tampered\n")
+    broken = subprocess.run(cli + ["verify", "--data-dir", str(dest)], capture_output=True, text=True)
+    assert broken.returncode == 1 and "BAD ptb/ptb.valid.txt: checksum mismatch" in broken.stdout
+    assert "dropbench data fetch" in broken.stderr
