@@ -213,7 +213,7 @@ def expand(suite: Suite, registry: dict, seeds=None, only=None, overrides=None, 
     if device is not None:
         overrides["device"] = device
     seeds = list(range(1, seeds + 1)) if seeds else suite.seeds
-    trials, seen = [], set()
+    trials, seen, offered = [], set(), set()
     for number, experiment in enumerate(suite.experiments, start=1):
         where = f"{suite.path} experiment {number}"
         experiment = dict(experiment)
@@ -231,6 +231,7 @@ def expand(suite: Suite, registry: dict, seeds=None, only=None, overrides=None, 
         per_variant = _table(experiment.pop("per_variant", {}), "experiment.per_variant", where)
         cells = _grid_cells(_table(experiment.pop("grid", {}), "experiment.grid", where), experiment.pop("cells", None), where)
         variants = {name: get_variant(name, registry) for name in variant_names}
+        offered.update(variant_names)
         for name in per_variant:
             if name not in variant_names:
                 raise DropbenchError(f"per_variant.{name} names a variant this experiment does not run ({where}){did_you_mean(name, variant_names)}")
@@ -250,7 +251,8 @@ def expand(suite: Suite, registry: dict, seeds=None, only=None, overrides=None, 
                         seen.add(trial.id)
                         trials.append(trial)
     if only:
-        unknown = [name for name in only if name not in {t.config["variant"] for t in trials}]
+        unknown = [name for name in only if name not in offered]
         if unknown:
-            raise DropbenchError(f"--only names {', '.join(map(repr, unknown))}, which suite {suite.name!r} does not run; choose from its variants")
+            raise DropbenchError(f"--only names {unknown[0]!r}, which suite {suite.name!r} does not run{did_you_mean(unknown[0], offered)};"
+                                 f" its variants: {', '.join(sorted(offered))}")
     return trials

@@ -124,3 +124,8 @@ def test_plugin_variants_join_every_experiment(registry):
     trials = expand(suite(BASIC), {**registry, "mine": mine}, extra_variants=["mine"])
     assert sum(t.config["variant"] == "mine" for t in trials) == 2 * 2  # two grid cells x two seeds
     assert {t.config["p_recurrent"] for t in trials if t.config["variant"] == "mine"} == {0.1, 0.2}
+
+
+def test_only_with_a_misspelt_variant_suggests_the_closest(registry):
+    with pytest.raises(DropbenchError, match=r"--only names 'zarembaa'.*did you mean 'zaremba'"):
+        expand(suite(BASIC), registry, only=["zarembaa"])
