@@ -194,6 +194,8 @@ def resolve(layers: list[tuple[str, dict]], variant: Variant) -> dict:
     config.update({config_key(slot): p for slot, p in variant.p.items()})
     for where, layer in layers:
         for key, value in layer.items():
+            if where == "--set" and key not in config and key in ALL_KEYS:
+                continue  # --set applies a key to the trials of the tasks that have it
             config[key] = check_value(key, value, where, task)
     config["variant"] = variant.name
     for slot in SLOTS:
@@ -203,6 +205,11 @@ def resolve(layers: list[tuple[str, dict]], variant: Variant) -> dict:
         config.update({key: 0 for key in ("mc_samples", "mc_samples_per_epoch") if key in config})
     if "early_stopping_patience" in config and not variant.early_stopping:
         config["early_stopping_patience"] = 0
+    where = layers[-1][0] if layers else "config"
+    if task == "ptb":  # every split needs at least two tokens per stream
+        for split, streams in (("train_tokens", "batch_size"), ("valid_tokens", "eval_batch_size"), ("test_tokens", "test_batch_size")):
+            if config[split] and config[split] < 2 * config[streams]:
+                raise DropbenchError(f"{split} = {config[split]} is too few for {config[streams]} streams ({streams}); give at least {2 * config[streams]} or 0 for all")
     return config
 
 
@@ -225,6 +232,8 @@ def expand(suite: Suite, registry: dict, seeds=None, only=None, overrides=None, 
         select = experiment.pop("select", "")
         if select not in ("", "best_val"):
             raise DropbenchError(f"select = {select!r} is not a selection rule ({where}); use select = \"best_val\" or leave it out")
+        if select and experiment.get("task", suite.defaults.get("task", "ptb")) != "ptb":
+            raise DropbenchError(f"select = \"best_val\" needs a validation set, which only task 'ptb' has ({where}); remove it")
         reference = experiment.pop("reference", "")
         if reference and reference not in reference_columns():
             raise DropbenchError(f"reference = {reference!r} is not a column of the paper's tables ({where}){did_you_mean(str(reference), reference_columns())}; choose from {', '.join(reference_columns())}")

@@ -34,6 +34,7 @@ PROBABILITIES = {"p_embedding": 0.3, "p_input": 0.5, "p_recurrent": 0.3, "p_cell
 def check_against_float64(device: torch.device, hidden: int = 64) -> list[dict]:
     """Max relative error of logits and gradients on `device` against CPU float64, per variant and precision."""
     rows = []
+    defaults = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     for name, variant in load_registry().items():
         torch.manual_seed(0)
         reference = LanguageModel(1000, "lstm", hidden, 2, variant).double()
@@ -59,7 +60,7 @@ def check_against_float64(device: torch.device, hidden: int = 64) -> list[dict]:
             grad_error = max(float((g - e).abs().max() / (e.abs().max() + 1e-12)) for g, e in zip(grads, expected_grads))
             logit_error = float((logits - expected_logits).abs().max() / expected_logits.abs().max())
             rows.append({"variant": name, "precision": precision, "logits_rel_error": logit_error, "grad_rel_error": grad_error})
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = defaults
     return rows
 
 

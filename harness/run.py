@@ -124,6 +124,6 @@ def _run_one(trial: Trial, registry, store: ResultStore, run_id: int, data_dir: 
         return
     finally:
         bar.close()
-    store.finish_trial(trial.id, outcome.status, {**outcome.metrics, "wall_s": time.perf_counter() - started}, outcome.sample_losses, outcome.error)
+    store.finish_trial(trial.id, outcome.status, {"wall_s": time.perf_counter() - started, **outcome.metrics}, outcome.sample_losses, outcome.error)
     if checkpoint.exists():
         os.remove(checkpoint)

@@ -80,8 +80,9 @@ def _detach(state):
 
 def _make_optimizer(model, config):
     if config["optimizer"] == "adam":
-        # L2 penalty in the gradient, as the authors' Keras regularizers do.
-        return torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+        # weight_decay is the L2 coefficient λ of the authors' Keras regularizers: the loss gains
+        # λ Σ p², so the gradient gains 2 λ p.
+        return torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=2 * config["weight_decay"])
     return torch.optim.SGD(model.parameters(), lr=config["lr"])
 
 
@@ -95,6 +96,7 @@ def _decay_weights(model, config):
 
 def _save_checkpoint(path: Optional[Path], model, optimizer, run: dict, device):
     """Everything needed to continue after this epoch, written atomically (temporary file + rename)."""
+    run["wall_s"] = _wall_seconds(run)
     if path is None:
         return
     rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
@@ -120,7 +122,12 @@ def _resume(path: Optional[Path], model, optimizer, run: dict, device, progress)
     torch.set_rng_state(saved["rng"]["cpu"])
     if device.type == "cuda" and saved["rng"]["cuda"].numel():
         torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
-    return saved["run"]
+    return {**saved["run"], "wall_before": saved["run"]["wall_s"], "session_start": run["session_start"]}
+
+
+def _wall_seconds(run: dict) -> float:
+    """Wall time of the trial so far, across restarts."""
+    return run["wall_before"] + time.perf_counter() - run["session_start"]
 
 
 def run_trial(config: dict, variant: Variant, data_dir: Path, checkpoint: Optional[Path] = None, progress: Optional[Progress] = None) -> TrialOutcome:
@@ -146,12 +153,15 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
 
     # Everything that must survive a kill lives in `run`; it is checkpointed after every epoch.
     run = {"epoch": 0, "lr": config["lr"], "best_val": math.inf, "best_weights": None, "bad_epochs": 0,
-           "train_seconds": 0.0, "train_tokens": 0, "val_seconds": 0.0, "val_tokens": 0, "last_val": None}
+           "train_seconds": 0.0, "train_tokens": 0, "val_seconds": 0.0, "val_tokens": 0, "last_val": None,
+           "wall_before": 0.0, "session_start": time.perf_counter()}
     run = _resume(checkpoint, model, optimizer, run, device, progress)
 
     chunks_per_epoch = len(range(0, train.shape[0] - 1, bptt))
     progress.start(chunks_per_epoch * (config["epochs"] - run["epoch"]))
     for epoch in range(run["epoch"] + 1, config["epochs"] + 1):
+        if config["early_stopping_patience"] and run["bad_epochs"] >= config["early_stopping_patience"]:
+            break  # decided here, not after the checkpoint, so that a resumed trial stops too
         for group in optimizer.param_groups:
             group["lr"] = run["lr"]
         model.train()
@@ -199,8 +209,6 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
             run["lr"] /= config["lr_decay"]
         run["epoch"] = epoch
         _save_checkpoint(checkpoint, model, optimizer, run, device)
-        if config["early_stopping_patience"] and run["bad_epochs"] >= config["early_stopping_patience"]:
-            break
 
     if run["best_weights"] is not None:  # early stopping reports the best validation epoch's model
         model.load_state_dict(run["best_weights"])
@@ -216,6 +224,7 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
         metrics["mc_eval_wps"] = logprob.size * config["mc_samples"] / (clock.now() - started)
         metrics["test_ppl_mc"] = float(np.exp(-logprob.mean()))
         losses["mc"] = per_sentence(logprob, positions, test, corpus.eos_id)
+    metrics["wall_s"] = _wall_seconds(run)
     return TrialOutcome("done", metrics, losses)
 
 
@@ -244,7 +253,7 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
     test_x = data.test_x
     batch, clock = config["batch_size"], Clock(device)
 
-    run = {"epoch": 0, "lr": config["lr"], "train_seconds": 0.0, "train_tokens": 0}
+    run = {"epoch": 0, "lr": config["lr"], "train_seconds": 0.0, "train_tokens": 0, "wall_before": 0.0, "session_start": time.perf_counter()}
     run = _resume(checkpoint, model, optimizer, run, device, progress)
 
     batches_per_epoch = math.ceil(train_x.shape[0] / batch)
@@ -278,7 +287,9 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
         test_rmse, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device), data)
         test_rmse_mc = None
         if config["mc_samples_per_epoch"]:
-            test_rmse_mc, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device, config, config["mc_samples_per_epoch"]), data)
+            # its masks come from a forked RNG: monitoring must not change the training that follows
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                test_rmse_mc, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device, config, config["mc_samples_per_epoch"]), data)
         if epoch > config["lr_decay_start"]:
             run["lr"] /= config["lr_decay"]
         run["epoch"] = epoch
@@ -300,5 +311,6 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
         metrics["mc_eval_wps"] = test_x.numel() * config["mc_samples"] / (clock.now() - started)
         metrics["test_rmse_mc"], squared = _rmse(predictions, data)
         losses["mc"] = (squared, ones)
+    metrics["wall_s"] = _wall_seconds(run)
     return TrialOutcome("done", metrics, losses)
 

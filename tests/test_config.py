@@ -69,7 +69,7 @@ def test_set_overrides_every_trial_and_seeds_only_filter(registry):
     (BASIC, {"epochs": "many"}, "must be an integer"),
     (BASIC, {"epochs": 0}, "must be positive"),
     (BASIC, {"optimizer": "adamw"}, "must be one of"),
-    (BASIC, {"train_segments": 10}, "does not apply to task 'ptb'"),
+    (BASIC.replace("p_input = 0.4", "train_segments = 10"), {}, "does not apply to task 'ptb'"),
     (BASIC.replace('"zaremba"', '"zarembba"'), {}, "did you mean 'zaremba'"),
     (BASIC.replace("[0.1, 0.2]", "[]"), {}, "non-empty list"),
     (BASIC.replace('task = "ptb"', 'task = "imdb"'), {}, "unknown task"),
@@ -129,3 +129,15 @@ def test_plugin_variants_join_every_experiment(registry):
 def test_only_with_a_misspelt_variant_suggests_the_closest(registry):
     with pytest.raises(DropbenchError, match=r"--only names 'zarembaa'.*did you mean 'zaremba'"):
         expand(suite(BASIC), registry, only=["zarembaa"])
+
+
+def test_evaluation_splits_too_small_for_their_streams_are_refused(registry):
+    with pytest.raises(DropbenchError, match=r"test_tokens = 3 is too few for 5 streams"):
+        expand(suite(BASIC), registry, overrides={"test_tokens": 3, "test_batch_size": 5})
+    with pytest.raises(DropbenchError, match="needs a validation set"):
+        expand(suite('[[experiment]]\ntask = "sentiment"\nvariants = ["naive"]\nselect = "best_val"\n'), registry)
+
+
+def test_set_of_a_key_of_another_task_leaves_these_trials_alone(registry):
+    trials = expand(suite(BASIC), registry, overrides={"train_segments": 10, "epochs": 2})
+    assert all("train_segments" not in t.config and t.config["epochs"] == 2 for t in trials)

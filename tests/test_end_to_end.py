@@ -90,3 +90,40 @@ def test_killed_trial_resumes_from_its_checkpoint_with_identical_results(registr
     resumed = run_trial(trial.config, variant, data_dir, checkpoint)
     assert resumed.metrics["test_ppl"] == uninterrupted.metrics["test_ppl"]
     assert resumed.metrics["epochs_run"] == 3
+
+
+def test_a_trial_killed_after_early_stopping_fired_stays_stopped_on_resume(registry, data_dir, tmp_path, monkeypatch):
+    """The stopping epoch's checkpoint is written before the final test; a crash there must not
+    make the resumed trial train on."""
+    import dropbench.harness.train as train
+
+    trial = next(t for t in expand(load_suite("smoke"), registry, only=["none"], overrides={
+        "device": "cpu", "epochs": 12, "early_stopping_patience": 1, "lr": 8.0, "lr_decay_start": 100}) if t.config["task"] == "ptb")
+    variant = registry["none"]
+    uninterrupted = run_trial(trial.config, variant, data_dir)
+    assert uninterrupted.metrics["epochs_run"] < 12, "the setting must make early stopping fire"
+
+    real = train.lm_target_logprobs
+
+    def crash_at_test(model, stream, streams, *args, **kwargs):
+        if streams == trial.config["test_batch_size"] and len(stream) == trial.config["test_tokens"]:
+            raise KeyboardInterrupt
+        return real(model, stream, streams, *args, **kwargs)
+
+    checkpoint = tmp_path / "trial.pt"
+    monkeypatch.setattr(train, "lm_target_logprobs", crash_at_test)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(trial.config, variant, data_dir, checkpoint)
+    monkeypatch.setattr(train, "lm_target_logprobs", real)
+    resumed = run_trial(trial.config, variant, data_dir, checkpoint)
+    assert resumed.metrics["epochs_run"] == uninterrupted.metrics["epochs_run"]
+    assert resumed.metrics["test_ppl"] == uninterrupted.metrics["test_ppl"]
+    assert resumed.metrics["val_ppl"] == uninterrupted.metrics["val_ppl"]
+
+
+def test_per_epoch_mc_monitoring_does_not_change_training(registry, data_dir):
+    trial = next(t for t in expand(load_suite("smoke"), registry, only=["variational-tied"], overrides={"device": "cpu", "epochs": 2})
+                 if t.config["task"] == "sentiment")
+    with_mc = run_trial(trial.config, registry["variational-tied"], data_dir)
+    without = run_trial({**trial.config, "mc_samples_per_epoch": 0}, registry["variational-tied"], data_dir)
+    assert with_mc.metrics["test_rmse"] == without.metrics["test_rmse"]
