@@ -4,7 +4,10 @@ connections take the masks of `dropbench.harness.masks`. With no masks it comput
 (weight_ih: (G*H, I), weight_hh: (G*H, H), gates in PyTorch's order i,f,g,o / r,z,n).
 
 Input projections for the whole chunk are computed before the time loop (x_t does not depend on
-h_{t-1}), so only the recurrent product runs per step.
+h_{t-1}), so only the recurrent product runs per step. The standard LSTM step runs as one autograd
+node with a hand-written backward (`lstm_kernel.py`); where no mask touches the recurrence, the
+fused oneDNN/cuDNN kernel runs instead. The step loop below serves the GRU and variants with their
+own `cell_step`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .lstm_kernel import MaskedLSTM
 from .masks import LayerMasks
 
 GATES = {"lstm": 4, "gru": 3}
@@ -105,6 +109,9 @@ class RecurrentLayer(nn.Module):
                 and (masks.input is None or masks.input.shape[1] == 1):
             return self._fused(x if masks.input is None else x * masks.input[:, 0], state)
         x_proj = project_inputs(x, self.weight_ih, self.bias_ih, masks.input)
+        if self.cell == "lstm" and cell_step is None:
+            out, h, c = MaskedLSTM.apply(x_proj, *state, self.weight_hh, self.bias_hh, masks.recurrent, masks.cell)
+            return out, (h, c)
         outputs = []
         if self.cell == "lstm":
             step = cell_step or lstm_step
