@@ -67,7 +67,7 @@ def _timed(device, fn, repeats: int) -> float:
 
 
 def _probabilities(variant) -> dict:
-    return {f"p_{slot}": p for slot, p in variant.p.items()} or {}
+    return {f"p_{slot}": p for slot, p in variant.p.items()}
 
 
 def matmul_peak(device, hidden: int) -> float:

@@ -19,35 +19,10 @@ import torch
 from torch import nn
 
 from .lstm_kernel import MaskedLSTM
-from .masks import LayerMasks
+from .masks import LayerMasks, step_mask
+from .projections import project_hidden, project_inputs
 
 GATES = {"lstm": 4, "gru": 3}
-
-
-def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """x: (T, B, I), mask: None or (T|1, G|1, B, I). Returns (T, B, G*H) = mask(x) W^T + b,
-    where with G masks gate k sees only its own masked copy of x."""
-    if mask is None:
-        return torch.nn.functional.linear(x, weight, bias)
-    if mask.shape[1] == 1:
-        return torch.nn.functional.linear(x * mask[:, 0], weight, bias)
-    steps, batch, _ = x.shape
-    gates = mask.shape[1]
-    per_gate = weight.view(gates, -1, weight.shape[1])  # (G, H, I)
-    out = torch.einsum("tgbi,ghi->tbgh", x.unsqueeze(1) * mask, per_gate)
-    return out.reshape(steps, batch, -1) + bias
-
-
-def project_hidden(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """h: (B, H), mask: None or (G|1, B, H). Returns (B, G*H), gate k using its own mask of h."""
-    if mask is None:
-        return torch.nn.functional.linear(h, weight, bias)
-    if mask.shape[0] == 1:
-        return torch.nn.functional.linear(h * mask[0], weight, bias)
-    gates, batch, hidden = mask.shape
-    per_gate = weight.view(gates, -1, hidden).transpose(1, 2)  # (G, H_in, H_out)
-    out = torch.baddbmm(bias.view(gates, 1, -1), h.unsqueeze(0) * mask, per_gate)  # (G, B, H)
-    return out.transpose(0, 1).reshape(batch, -1)
 
 
 def lstm_step(x_proj, h, c, recurrent: Callable, cell_mask):
@@ -69,13 +44,6 @@ def gru_step(x_proj, h, recurrent: Callable):
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
     return (1 - z) * n + z * h
-
-
-def _at(mask: Optional[torch.Tensor], t: int):
-    """The mask of step t from a (T|1, ...) mask."""
-    if mask is None:
-        return None
-    return mask[t] if mask.shape[0] > 1 else mask[0]
 
 
 class RecurrentLayer(nn.Module):
@@ -117,14 +85,14 @@ class RecurrentLayer(nn.Module):
             step = cell_step or lstm_step
             h, c = state
             for t, x_t in enumerate(x_proj.unbind(0)):  # unbind: one backward for all steps, not T slice-grads
-                z_h = _at(masks.recurrent, t)
-                h, c = step(x_t, h, c, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h), _at(masks.cell, t))
+                z_h = step_mask(masks.recurrent, t)
+                h, c = step(x_t, h, c, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h), step_mask(masks.cell, t))
                 outputs.append(h)
             state = (h, c)
         else:
             (h,) = state
             for t, x_t in enumerate(x_proj.unbind(0)):
-                z_h = _at(masks.recurrent, t)
+                z_h = step_mask(masks.recurrent, t)
                 h = gru_step(x_t, h, lambda h_: project_hidden(h_, self.weight_hh, self.bias_hh, z_h))
                 outputs.append(h)
             state = (h,)

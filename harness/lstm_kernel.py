@@ -13,20 +13,8 @@ from __future__ import annotations
 
 import torch
 
-
-def _at(mask, t):
-    return None if mask is None else mask[t if mask.shape[0] > 1 else 0]
-
-
-def _recurrent(h, weight, bias, z):
-    """(h * z) W^T + b for z None, (1, B, H) shared by all gates, or (G, B, H) one per gate."""
-    if z is None:
-        return torch.addmm(bias, h, weight.t())
-    if z.shape[0] == 1:
-        return torch.addmm(bias, h * z[0], weight.t())
-    gates, batch, hidden = z.shape
-    out = torch.baddbmm(bias.view(gates, 1, hidden), h.unsqueeze(0) * z, weight.view(gates, hidden, hidden).transpose(1, 2))
-    return out.transpose(0, 1).reshape(batch, -1)
+from .masks import step_mask
+from .projections import project_hidden
 
 
 class MaskedLSTM(torch.autograd.Function):
@@ -41,14 +29,14 @@ class MaskedLSTM(torch.autograd.Function):
         cells[0] = c0
         h = h0
         for t in range(steps):
-            pre = _recurrent(h, weight, bias, _at(z_h, t)).add_(x_proj[t])
+            pre = project_hidden(h, weight, bias, step_mask(z_h, t)).add_(x_proj[t])
             a = acts[t]
             torch.sigmoid(pre, out=a)
             torch.tanh(pre[:, 2 * hidden : 3 * hidden], out=a[:, 2 * hidden : 3 * hidden])
             i, f, g, o = a.chunk(4, 1)
             c = torch.addcmul(f * cells[t], i, g)
             if z_c is not None:
-                c.mul_(_at(z_c, t))
+                c.mul_(step_mask(z_c, t))
             cells[t + 1] = c
             torch.tanh(c, out=tanh_c[t])
             torch.mul(o, tanh_c[t], out=out[t])
@@ -73,7 +61,7 @@ class MaskedLSTM(torch.autograd.Function):
             tc = tanh_c[t]
             dc_t = torch.addcmul(dc, dh_t * o, 1 - tc * tc)
             if z_c is not None:
-                dc_t.mul_(_at(z_c, t))
+                dc_t.mul_(step_mask(z_c, t))
             dp = d_pre[t]
             di, df, dg, do = dp.chunk(4, 1)
             torch.mul(dc_t * g, i * (1 - i), out=di)
@@ -81,7 +69,7 @@ class MaskedLSTM(torch.autograd.Function):
             torch.mul(dc_t * i, 1 - g * g, out=dg)
             torch.mul(dh_t * tc, o * (1 - o), out=do)
             dc = dc_t * f
-            z = _at(z_h, t)
+            z = step_mask(z_h, t)
             if untied:  # d h = sum_k (dp_k W_k) * z_k
                 dh = (torch.bmm(dp.view(batch, 4, hidden).transpose(0, 1), per_gate) * z).sum(0)
             else:

@@ -25,6 +25,13 @@ def bernoulli_mask(shape, p: float, device) -> torch.Tensor:
     return torch.empty(shape, device=device).bernoulli_(1.0 - p).div_(1.0 - p)
 
 
+def step_mask(mask: Optional[torch.Tensor], t: int) -> Optional[torch.Tensor]:
+    """The mask of step t from a (T|1, ...) mask: a per-sequence mask serves every step."""
+    if mask is None:
+        return None
+    return mask[t] if mask.shape[0] > 1 else mask[0]
+
+
 @dataclass
 class LayerMasks:
     input: Optional[torch.Tensor] = None
