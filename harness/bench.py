@@ -79,7 +79,7 @@ def matmul_peak(device, hidden: int) -> float:
 
 
 def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 3, repeats: int = 3,
-              mc_samples: int = 32, mc_tokens: int = 2000, progress=None) -> dict:
+              mc_samples: int = 32, mc_tokens: int = 100 * BATCH, progress=None) -> dict:
     torch.manual_seed(0)
     tokens = torch.randint(0, PTB_VOCAB, (STEPS + 1, BATCH), device=device)
     x, y = tokens[:-1], tokens[1:]
@@ -126,9 +126,9 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
         row["train_flops_fraction_of_peak"] = row["train_wps"] * 3 * flops / peak
         if name != BASELINE and models[name].variant.stochastic:
             model, config = models[name], _probabilities(models[name].variant)
-            deterministic = _timed(device, lambda: lm_target_logprobs(model, stream, 1, STEPS, device), 1)
-            monte_carlo = _timed(device, lambda: lm_target_logprobs(model, stream, 1, STEPS, device, config, mc_samples), 1)
-            row["mc_samples_wps"] = mc_samples * (mc_tokens - 1) / monte_carlo
+            deterministic = _timed(device, lambda: lm_target_logprobs(model, stream, BATCH, STEPS, device), 1)
+            monte_carlo = _timed(device, lambda: lm_target_logprobs(model, stream, BATCH, STEPS, device, config, mc_samples), 1)
+            row["mc_samples_wps"] = mc_samples * (mc_tokens - BATCH) / monte_carlo
             row["mc_cost_in_deterministic_passes"] = monte_carlo / deterministic
         rows.append(row)
     baseline = next(r for r in rows if r["variant"] == BASELINE)

@@ -119,7 +119,7 @@ def cmd_bench(args) -> int:
         mc = f"{row['mc_samples_wps']:>15.0f} {row['mc_cost_in_deterministic_passes']:>17.1f}" if "mc_samples_wps" in row else f"{'-':>15} {'-':>17}"
         print(f"{row['variant']:<20} {row['train_wps']:>10.0f} {row['train_ratio_to_baseline']:>7.2f} {row['eval_wps']:>10.0f}"
               f" {row['eval_ratio_to_baseline']:>7.2f} {100 * row['train_flops_fraction_of_peak']:>6.0f}% {mc}")
-    print(f"MC: {result['mc_samples']} samples over one stream; cost = time of MC / time of one deterministic pass")
+    print(f"MC: {result['mc_samples']} samples over {result['batch_size']} streams; cost = time of MC / time of one deterministic pass")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")

@@ -23,11 +23,12 @@ from .errors import DropbenchError, did_you_mean
 from .reference import reference_columns
 
 PROBABILITY_KEYS = tuple(config_key(slot) for slot in SLOTS)
-CHOICES = {"task": ("ptb", "sentiment"), "cell": ("lstm", "gru"), "optimizer": ("sgd", "adam"), "device": ("auto", "cpu", "cuda")}
+CHOICES = {"task": ("ptb", "sentiment"), "cell": ("lstm", "gru"), "optimizer": ("sgd", "adam"), "device": ("auto", "cpu", "cuda"),
+           "precision": ("fp32", "tf32", "bf16")}
 
 # Keys every task has; the task tables below add their own and give defaults (paper §2 and §3).
 COMMON = {
-    "task": "ptb", "variant": "none", "cell": "lstm", "seed": 1, "device": "auto",
+    "task": "ptb", "variant": "none", "cell": "lstm", "seed": 1, "device": "auto", "precision": "fp32",
     "hidden_size": 200, "embedding_size": 0, "num_layers": 2, "bptt": 35, "batch_size": 20, "epochs": 13,
     "lr": 1.0, "lr_decay": 2.0, "lr_decay_start": 4, "max_grad_norm": 5.0, "init_scale": 0.1,
     "weight_decay": 0.0, "optimizer": "sgd", "mc_samples": 0,

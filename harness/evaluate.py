@@ -16,6 +16,10 @@ import torch
 MAX_LOGIT_ELEMENTS = 2**27
 
 
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def batchify(stream: torch.Tensor, streams: int) -> torch.Tensor:
     """(N,) token ids -> (N // streams, streams): column b is the b-th contiguous piece of the stream."""
     length = stream.shape[0] // streams
@@ -24,7 +28,7 @@ def batchify(stream: torch.Tensor, streams: int) -> torch.Tensor:
 
 @torch.no_grad()
 def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, device, config: dict | None = None,
-                       mc_samples: int = 0, draw=None):
+                       mc_samples: int = 0, draw=None, generator: torch.Generator | None = None):
     """Log-probability of every predicted token of `stream` (N,), read as `streams` contiguous
     streams with the state carried across chunks of `bptt` steps.
 
@@ -32,7 +36,8 @@ def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, dev
     the i-th predicted token, in stream order. With mc_samples = K > 0: log p̄ over K stochastic
     passes run side by side as K copies of every stream. As in the authors' MC code, each pass
     holds one mask over its whole stream (per-step masks stay per step) and word-type embedding
-    dropout is off. `draw(steps, rows, keep) -> ChunkMasks` replaces the model's mask drawing (tests).
+    dropout is off; masks come from `generator` (default: the global one).
+    `draw(steps, rows, keep) -> ChunkMasks` replaces the model's mask drawing (tests).
     """
     was_training = model.training
     model.eval()
@@ -40,7 +45,7 @@ def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, dev
     length = data.shape[0]
     samples = max(mc_samples, 1)
     per_group = max(1, min(samples, MAX_LOGIT_ELEMENTS // (bptt * model.vocab_size * streams))) if mc_samples else 1
-    draw = draw or (lambda steps, rows, keep: model.draw_masks(config, steps, rows, device, embedding=False, keep=keep))
+    draw = draw or (lambda steps, rows, keep: model.draw_masks(config, steps, rows, device, embedding=False, keep=keep, generator=generator))
     total = None
     for first in range(0, samples, per_group):
         copies = min(per_group, samples - first)
@@ -55,6 +60,7 @@ def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, dev
                 masks = draw(x.shape[0], x.shape[1], held)
                 held = held or masks
             logits, state = model(x, state, masks)
+            logits = _at_least_float32(logits)  # under bf16 autocast the softmax runs in float32
             # log p(y) = logit_y - logsumexp(logits): no full log-softmax tensor is written
             logp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (T, rows)
             pieces.append(logp.view(x.shape[0], streams, copies).logsumexp(-1))
@@ -86,6 +92,6 @@ def sentiment_predictions(model, segments: torch.Tensor, batch_size: int, device
     for start in range(0, segments.shape[0], rows):
         x = segments[start : start + rows].to(device).t().repeat_interleave(copies, dim=1)  # (T, rows * K)
         masks = model.draw_masks(config, x.shape[0], x.shape[1], device) if mc_samples else None
-        out.append(model(x, masks).view(-1, copies).mean(1))
+        out.append(_at_least_float32(model(x, masks)).view(-1, copies).mean(1))
     model.train(was_training)
     return torch.cat(out).double().cpu().numpy()

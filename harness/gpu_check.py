@@ -1,14 +1,18 @@
-"""The one prepared script for a lent GPU (one call, under 8 minutes):
+"""The one prepared script for a lent GPU: one call, sections in order of importance, each skipped
+when the time budget left cannot hold it, so that one call always ends with a table.
 
-    python -m dropbench.harness.gpu_check --out $OUT          # on the GPU machine
-    python -m dropbench.harness.gpu_check --device cpu --tiny  # a seconds-long rehearsal here
+    python -m dropbench.harness.gpu_check --out $OUT --budget 420        # on the GPU machine
+    python -m dropbench.harness.gpu_check --device cpu --tiny --budget 120  # a rehearsal here
 
-1. correctness: every variant's forward and backward on the device in float32 (and with TF32 and
-   bf16 autocast) against a float64 CPU reference with the same weights and masks;
-2. `dropbench bench` at medium and large, written as JSON;
-3. a shortened paper-ptb-medium suite (every row, 1 seed, 1 epoch on a training prefix, 100 MC
-   samples), timed, printed beside the paper's numbers.
-Record what it prints in docs/perf.md with the card and the date.
+1. correctness: every variant's logits and gradients on the device (float32 with and without CUDA
+   graphs, TF32, bf16 autocast) against a float64 CPU reference with the same weights and masks;
+2. the masked recurrence, forward + backward, with and without CUDA graphs;
+3. `dropbench bench` at medium;
+4. a shortened paper-ptb-medium suite (every row, 1 seed, 3 epochs on a training prefix sized to
+   the budget from section 3's speeds, 100 MC samples), printed beside the paper's numbers;
+5. validation perplexity after one epoch in fp32, TF32 and bf16 (the 0.5% question);
+6. `dropbench bench` at large.
+Everything also lands in OUT/gpu_check.json. Record what it prints in docs/perf.md.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -26,97 +34,247 @@ import torch
 from dropbench.variants import load_registry
 
 from .bench import run_bench
+from .config import expand, load_suite
+from .data import load_ptb, resolve_data_dir
+from .lstm_kernel import MaskedLSTM
+from .masks import ChunkMasks, LayerMasks
 from .models import LanguageModel
+from .train import autocast, matmul_precision, run_trial
 
 PROBABILITIES = {"p_embedding": 0.3, "p_input": 0.5, "p_recurrent": 0.3, "p_cell": 0.25, "p_output": 0.5}
+PTB_TRAIN_TOKENS = 929_589
+SUITE_EPOCHS = 3
+SUITE_MC_SAMPLES = 100
 
 
-def check_against_float64(device: torch.device, hidden: int = 64) -> list[dict]:
-    """Max relative error of logits and gradients on `device` against CPU float64, per variant and precision."""
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """‖value − reference‖ / ‖reference‖, in float64 on the CPU; NaN anywhere gives inf."""
+    value, reference = value.detach().double().cpu(), reference.detach().double().cpu()
+    if not torch.isfinite(value).all():
+        return float("inf")
+    return float((value - reference).norm() / reference.norm())
+
+
+def _cast(masks: ChunkMasks, dtype, device) -> ChunkMasks:
+    def move(tensor):
+        return None if tensor is None else tensor.to(device=device, dtype=dtype)
+    return ChunkMasks([LayerMasks(move(m.input), move(m.recurrent), move(m.cell)) for m in masks.layers],
+                      embedding=move(masks.embedding), output=move(masks.output))
+
+
+def check_against_float64(device: torch.device, hidden: int) -> list[dict]:
+    """Relative error of logits and of all gradients (concatenated) against CPU float64, per variant
+    and numeric mode, on fresh random tokens, weights and masks for every variant."""
     rows = []
-    defaults = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    for name, variant in load_registry().items():
-        torch.manual_seed(0)
+    modes = [("fp32", True), ("fp32-no-graphs", False)] + ([("tf32", True), ("bf16", True)] if device.type == "cuda" else [])
+    for number, (name, variant) in enumerate(load_registry().items()):
+        torch.manual_seed(100 + number)
         reference = LanguageModel(1000, "lstm", hidden, 2, variant).double()
         tokens = torch.randint(0, 1000, (35, 8))
         masks = reference.draw_masks(PROBABILITIES, 35, 8, "cpu")
 
-        def run(model, masks, autocast=None):
+        def run(model, masks):
             model.zero_grad()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "bf16"):
-                logits, _ = model(tokens.to(model.decoder.weight.device), model.initial_state(8), masks)
-            logits.double().logsumexp(-1).sum().backward()
-            return logits.detach().double().cpu(), [p.grad.detach().double().cpu() for p in model.parameters()]
+            logits, _ = model(tokens.to(model.decoder.weight.device), model.initial_state(8), masks)
+            logits.float().logsumexp(-1).sum().backward()
+            return logits.detach(), torch.cat([p.grad.flatten().double().cpu() for p in model.parameters()])
 
         expected_logits, expected_grads = run(reference, _cast(masks, torch.float64, "cpu"))
-        for precision in ("fp32", "tf32", "bf16"):
-            if precision != "fp32" and device.type != "cuda":
-                continue
-            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        for mode, graphs in modes:
+            MaskedLSTM.use_cuda_graphs = graphs
             model = LanguageModel(1000, "lstm", hidden, 2, variant).to(device)
             model.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
-            logits, grads = run(model, _cast(masks, torch.float32, device), autocast=precision)
-            grad_error = max(float((g - e).abs().max() / (e.abs().max() + 1e-12)) for g, e in zip(grads, expected_grads))
-            logit_error = float((logits - expected_logits).abs().max() / expected_logits.abs().max())
-            rows.append({"variant": name, "precision": precision, "logits_rel_error": logit_error, "grad_rel_error": grad_error})
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = defaults
+            precision = {"precision": mode.split("-")[0]}
+            with matmul_precision(precision["precision"]), autocast(precision, device):
+                logits, grads = run(model, _cast(masks, torch.float32, device))
+            rows.append({"variant": name, "mode": mode, "logits_rel_error": relative_error(logits, expected_logits),
+                         "grad_rel_error": relative_error(grads, expected_grads)})
+    MaskedLSTM.use_cuda_graphs = True
     return rows
 
 
-def _cast(masks, dtype, device):
-    from .masks import ChunkMasks, LayerMasks
+def time_recurrence(device: torch.device, sizes: list[int], batch: int = 20, steps: int = 35, repeats: int = 20) -> list[dict]:
+    """Milliseconds per forward + backward of the masked recurrence (tied recurrent and cell masks),
+    median over `repeats`, with and without CUDA graphs."""
+    rows = []
+    for hidden in sizes:
+        torch.manual_seed(hidden)
+        x_proj = torch.randn(steps, batch, 4 * hidden, device=device, requires_grad=True)
+        h0, c0 = torch.randn(2, batch, hidden, device=device).unbind(0)
+        weight = (torch.randn(4 * hidden, hidden, device=device) / hidden**0.5).requires_grad_()
+        bias = torch.zeros(4 * hidden, device=device, requires_grad=True)
+        z_h = torch.empty(1, 1, batch, hidden, device=device).bernoulli_(0.7) / 0.7
+        z_c = torch.empty(1, batch, hidden, device=device).bernoulli_(0.75) / 0.75
 
-    def move(tensor):
-        return None if tensor is None else tensor.to(device=device, dtype=dtype)
-    return ChunkMasks([LayerMasks(move(l.input), move(l.recurrent), move(l.cell)) for l in masks.layers],
-                      embedding=move(masks.embedding), output=move(masks.output))
+        def step():
+            out, h, c = MaskedLSTM.apply(x_proj, h0, c0, weight, bias, z_h, z_c)
+            (out.sum() + h.sum() + c.sum()).backward()
+
+        for graphs in (False, True):
+            MaskedLSTM.use_cuda_graphs = graphs
+            step()
+            times = []
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+            rows.append({"hidden": hidden, "cuda_graphs": graphs, "ms": 1000 * statistics.median(times)})
+    MaskedLSTM.use_cuda_graphs = True
+    return rows
 
 
-def shortened_medium_suite(device: str, out: Path, tiny: bool) -> str:
-    sets = ["epochs=1", "train_tokens=300000", "mc_samples=100"]
+def suite_tokens(bench: dict | None, trials, seconds: float, tiny: bool) -> int:
+    """The longest training prefix (tokens) with which the shortened suite's trials fit `seconds`,
+    from the words/s that section 3 measured (200,000 when it did not run)."""
     if tiny:
-        sets = ["epochs=1", "train_tokens=700", "valid_tokens=200", "test_tokens=100", "mc_samples=2", "hidden_size=32"]
+        return 700
+    if not bench or "rows" not in bench:
+        return 200_000
+    speed = {row["variant"]: row for row in bench["rows"]}
+    per_token, fixed = 0.0, 0.0
+    for trial in trials:
+        row = speed[trial.config["variant"]]
+        per_token += SUITE_EPOCHS / row["train_wps"]
+        fixed += 8 + (SUITE_EPOCHS * 73_760 + 82_430) / row["eval_wps"]  # process, validation, test
+        if trial.config["mc_samples"]:
+            fixed += SUITE_MC_SAMPLES * 82_430 / row.get("mc_samples_wps", row["eval_wps"])
+    tokens = int((0.8 * seconds - fixed) / per_token)
+    return max(20_000, min(PTB_TRAIN_TOKENS, tokens // 1000 * 1000))
+
+
+def shortened_medium_suite(device: str, out: Path, seconds: float, bench: dict | None, tiny: bool) -> dict:
+    sets = {"epochs": SUITE_EPOCHS, "mc_samples": SUITE_MC_SAMPLES, "test_batch_size": 20}
+    if tiny:
+        sets = {"epochs": 1, "valid_tokens": 200, "test_tokens": 100, "mc_samples": 2, "hidden_size": 32, "test_batch_size": 20}
+    trials = expand(load_suite("paper-ptb-medium"), load_registry(), seeds=1, overrides=sets)
+    sets["train_tokens"] = suite_tokens(bench, trials, seconds, tiny)
+    folder = Path(tempfile.mkdtemp(prefix="medium-"))
     command = [sys.executable, "-m", "dropbench.harness.cli", "run", "paper-ptb-medium", "--seeds", "1", "--device", device,
-               "--out", str(out / "medium"), "--no-progress"] + [a for s in sets for a in ("--set", s)]
+               "--out", str(folder), "--no-progress"] + [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
     started = time.perf_counter()
-    subprocess.run(command, check=True)
+    try:
+        exit_code = subprocess.run(command, timeout=max(seconds, 30)).returncode
+    except subprocess.TimeoutExpired:
+        exit_code = "timed out; the table holds the trials that finished"
     elapsed = time.perf_counter() - started
     import pandas as pd
 
-    results = pd.read_csv(out / "medium" / "results.csv")
-    results = results[results["selected"]]
-    columns = ["variant", "grid_cell", "val_ppl", "paper_val_ppl", "test_ppl", "paper_test_ppl", "test_ppl_mc", "paper_test_ppl_mc", "train_wps", "paper_wps"]
-    return f"shortened paper-ptb-medium ({', '.join(sets)}): {elapsed:.0f} s wall\n" + results[columns].to_string(index=False)
+    results = pd.read_csv(folder / "results.csv")
+    shutil.copy(folder / "results.csv", out / "medium-results.csv")
+    results = results[results["selected"].astype(bool)].copy()
+    results["full_epoch_s"] = PTB_TRAIN_TOKENS / results["train_wps"]
+    columns = ["variant", "grid_cell", "val_ppl", "paper_val_ppl", "test_ppl", "paper_test_ppl", "test_ppl_mc", "paper_test_ppl_mc",
+               "train_wps", "paper_wps", "full_epoch_s"]
+    columns = [c for c in columns if c in results.columns]
+    return {"settings": sets, "exit_code": exit_code, "wall_s": elapsed,
+            "table": results[columns].to_string(index=False, float_format=lambda v: f"{v:.1f}")}
+
+
+def precision_perplexity(device: str, tokens: int, tiny: bool) -> list[dict]:
+    """Validation perplexity after one epoch on a `tokens` prefix in fp32, TF32 and bf16, same seed."""
+    sets = {"epochs": 1, "train_tokens": tokens, "mc_samples": 0, "test_tokens": 2000, "device": device}
+    if tiny:
+        sets.update(hidden_size=32, valid_tokens=300, test_tokens=100)
+    data_dir = resolve_data_dir(None)
+    load_ptb(data_dir)
+    registry = load_registry()
+    rows = []
+    for name in ("zaremba", "variational-tied"):
+        trial = expand(load_suite("paper-ptb-medium"), registry, seeds=1, only=[name], overrides=sets)[0]
+        for mode in ("fp32", "tf32", "bf16"):
+            metrics = run_trial({**trial.config, "precision": mode}, registry[name], data_dir).metrics
+            rows.append({"variant": name, "precision": mode, "val_ppl": metrics["val_ppl"], "train_wps": metrics["train_wps"]})
+        fp32 = rows[-3]["val_ppl"]
+        for row in rows[-3:]:
+            row["val_ppl_change_vs_fp32_percent"] = 100 * (row["val_ppl"] / fp32 - 1)
+    return rows
+
+
+def print_bench(result: dict, label: str):
+    print(f"{label} ({result['hidden_size']}x{result['num_layers']}, batch {result['batch_size']}, BPTT {result['bptt']}); "
+          f"matmul peak {result['matmul_peak_flops'] / 1e12:.2f} TFLOP/s")
+    for row in result["rows"]:
+        mc = f"  MC {row['mc_cost_in_deterministic_passes']:.1f} passes for {result['mc_samples']}" if "mc_cost_in_deterministic_passes" in row else ""
+        print(f"  {row['variant']:<20} train {row['train_wps']:>9.0f} w/s ({row['train_ratio_to_baseline']:.2f}x)  "
+              f"eval {row['eval_wps']:>9.0f} w/s ({row['eval_ratio_to_baseline']:.2f}x)  {100 * row['train_flops_fraction_of_peak']:.1f}% peak{mc}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check"))
+    parser.add_argument("--budget", type=float, default=420, help="seconds this call may take in all")
     parser.add_argument("--tiny", action="store_true", help="small sizes, for a rehearsal on a CPU")
     args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.budget
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}", flush=True)
-
-    errors = check_against_float64(device)
-    print("\n1. against float64 on the CPU (max relative error):")
-    for row in errors:
-        print(f"  {row['variant']:<20} {row['precision']:<5} logits {row['logits_rel_error']:.2e}  grads {row['grad_rel_error']:.2e}")
-    (out / "float64_check.json").write_text(json.dumps(errors, indent=2))
-
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    cudnn = torch.backends.cudnn.version() if device.type == "cuda" else None
+    print(f"device: {name}, torch {torch.__version__}, cuDNN {cudnn}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    report = {"device": name, "torch": torch.__version__, "cudnn": cudnn, "date": time.strftime("%Y-%m-%d"), "budget_s": args.budget}
+    hidden = {"medium": 32 if args.tiny else 650, "large": 48 if args.tiny else 1500}
     registry = load_registry()
-    for size, (hidden, layers) in ({"tiny": (64, 2)} if args.tiny else {"medium": (650, 2), "large": (1500, 2)}).items():
-        result = run_bench(registry, device, hidden, layers, rounds=1 if args.tiny else 3, mc_samples=4 if args.tiny else 100)
-        (out / f"bench-{size}.json").write_text(json.dumps(result, indent=2))
-        print(f"\n2. bench {size} ({hidden}x{layers}); matmul peak {result['matmul_peak_flops'] / 1e12:.2f} TFLOP/s")
-        for row in result["rows"]:
-            print(f"  {row['variant']:<20} train {row['train_wps']:>9.0f} w/s ({row['train_ratio_to_baseline']:.2f}x)  "
-                  f"eval {row['eval_wps']:>9.0f} w/s  {100 * row['train_flops_fraction_of_peak']:.0f}% peak")
 
-    print("\n3. " + shortened_medium_suite(args.device, out, args.tiny))
+    def section(title: str, needs: float, work):
+        left = deadline - time.monotonic()
+        if left < needs:
+            print(f"\n{title}: skipped, {left:.0f} s left of the budget, needs about {needs:.0f}", flush=True)
+            return None
+        print(f"\n{title}", flush=True)
+        started = time.monotonic()
+        try:
+            result = work(left)
+        except Exception:
+            traceback.print_exc()
+            result = {"error": traceback.format_exc()}
+        print(f"  ({time.monotonic() - started:.0f} s)", flush=True)
+        report[title] = result
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        return result
+
+    def correctness(left):
+        rows = check_against_float64(device, 16 if args.tiny else 256)
+        for row in rows:
+            print(f"  {row['variant']:<20} {row['mode']:<15} logits {row['logits_rel_error']:.1e}  grads {row['grad_rel_error']:.1e}")
+        return rows
+
+    def recurrence(left):
+        rows = time_recurrence(device, [hidden["medium"], hidden["large"]], repeats=3 if args.tiny else 20)
+        for row in rows:
+            print(f"  hidden {row['hidden']:>5}  CUDA graphs {'on ' if row['cuda_graphs'] else 'off'}  {row['ms']:.2f} ms per forward + backward")
+        return rows
+
+    def bench(size, rounds):
+        def work(left):
+            result = run_bench(registry, device, hidden[size], 2, rounds=rounds, mc_samples=4 if args.tiny else 100)
+            print_bench(result, f"  bench {size}")
+            return result
+        return work
+
+    def suite(left):
+        result = shortened_medium_suite(args.device, out, left - (20 if args.tiny else 150), report.get("3. bench medium"), args.tiny)
+        print(f"  settings {result['settings']}; exit {result['exit_code']}; {result['wall_s']:.0f} s wall")
+        print(result["table"])
+        return result
+
+    def precision(left):
+        rows = precision_perplexity(args.device, 1000 if args.tiny else 150_000, args.tiny)
+        for row in rows:
+            print(f"  {row['variant']:<18} {row['precision']:<5} val ppl {row['val_ppl']:8.2f} ({row['val_ppl_change_vs_fp32_percent']:+.2f}% vs fp32)  train {row['train_wps']:.0f} w/s")
+        return rows
+
+    section("1. against float64 on the CPU (relative error, ‖x − ref‖ / ‖ref‖)", 10, correctness)
+    section("2. masked recurrence, forward + backward, batch 20, 35 steps", 10, recurrence)
+    section("3. bench medium", 30, bench("medium", 1 if args.tiny else 3))
+    section("4. shortened paper-ptb-medium, 1 seed", 60, suite)
+    section("5. precision: validation perplexity after one epoch", 30, precision)
+    section("6. bench large", 30, bench("large", 1 if args.tiny else 2))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The masked LSTM recurrence over a whole chunk as one autograd node, with backpropagation
 through time written out. It computes what the step loop of `cell.py` computes for the standard
 LSTM step; recording one node instead of ~15 per step makes training about 1.7x faster on a CPU
-(2 threads, hidden 128-650).
+(2 threads, hidden 128-650). On a GPU both time loops replay as captured CUDA graphs
+(`cuda_graphs.py`), which removes the per-kernel launch cost that dominates at these sizes.
 
 Shapes: x_proj (T, B, 4H) input projection incl. bias_ih; h0, c0 (B, H); weight (4H, H) = W_hh;
 bias (4H,) = b_hh; z_h None or (T|1, G|1, B, H) recurrent masks (G = 4 untied); z_c None or
@@ -13,71 +14,96 @@ from __future__ import annotations
 
 import torch
 
+from . import cuda_graphs
 from .masks import step_mask
 from .projections import project_hidden
 
 
+def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
+    """The T steps. Returns out (T, B, H), acts (T, B, 4H) = sigmoid(i, f), tanh(g), sigmoid(o),
+    cells (T+1, B, H) with cells[0] = c0, and tanh_c (T, B, H)."""
+    steps, batch, width = x_proj.shape
+    hidden = width // 4
+    out = x_proj.new_empty(steps, batch, hidden)
+    acts = x_proj.new_empty(steps, batch, width)
+    cells = x_proj.new_empty(steps + 1, batch, hidden)
+    tanh_c = x_proj.new_empty(steps, batch, hidden)
+    cells[0] = c0
+    h = h0
+    for t in range(steps):
+        pre = project_hidden(h, weight, bias, step_mask(z_h, t)).add_(x_proj[t])
+        a = acts[t]
+        torch.sigmoid(pre, out=a)
+        torch.tanh(pre[:, 2 * hidden : 3 * hidden], out=a[:, 2 * hidden : 3 * hidden])
+        i, f, g, o = a.chunk(4, 1)
+        c = torch.addcmul(f * cells[t], i, g)
+        if z_c is not None:
+            c.mul_(step_mask(z_c, t))
+        cells[t + 1] = c
+        torch.tanh(c, out=tanh_c[t])
+        torch.mul(o, tanh_c[t], out=out[t])
+        h = out[t]
+    return out, acts, cells, tanh_c
+
+
+def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
+    """Gradients through the T steps, last to first. d_out (T, B, H); dh, dc (B, H) arriving from
+    after the chunk. Returns d_pre (T, B, 4H) (the gradient of every gate's pre-activation), and
+    dh, dc of the initial state."""
+    steps, batch, width = acts.shape
+    hidden = width // 4
+    untied = z_h is not None and z_h.shape[1] > 1
+    per_gate = weight.view(4, hidden, hidden)
+    d_pre = torch.empty_like(acts)
+    for t in range(steps - 1, -1, -1):
+        dh_t = dh + d_out[t]
+        i, f, g, o = acts[t].chunk(4, 1)
+        tc = tanh_c[t]
+        dc_t = torch.addcmul(dc, dh_t * o, 1 - tc * tc)
+        if z_c is not None:
+            dc_t.mul_(step_mask(z_c, t))
+        dp = d_pre[t]
+        di, df, dg, do = dp.chunk(4, 1)
+        torch.mul(dc_t * g, i * (1 - i), out=di)
+        torch.mul(dc_t * cells[t], f * (1 - f), out=df)
+        torch.mul(dc_t * i, 1 - g * g, out=dg)
+        torch.mul(dh_t * tc, o * (1 - o), out=do)
+        dc = dc_t * f
+        z = step_mask(z_h, t)
+        if untied:  # d h = sum_k (dp_k W_k) * z_k
+            dh = (torch.bmm(dp.view(batch, 4, hidden).transpose(0, 1), per_gate) * z).sum(0)
+        else:
+            dh = dp @ weight
+            if z is not None:
+                dh.mul_(z[0])
+    return d_pre, dh, dc
+
+
+def _run(name, fn, *tensors):
+    if MaskedLSTM.use_cuda_graphs and tensors[0].is_cuda and not torch.cuda.is_current_stream_capturing():
+        return cuda_graphs.replay(name, fn, *tensors)
+    return fn(*tensors)
+
+
 class MaskedLSTM(torch.autograd.Function):
+    use_cuda_graphs = True
+
     @staticmethod
     def forward(ctx, x_proj, h0, c0, weight, bias, z_h, z_c):
-        steps, batch, width = x_proj.shape
-        hidden = width // 4
-        out = x_proj.new_empty(steps, batch, hidden)
-        acts = x_proj.new_empty(steps, batch, width)  # sigmoid(i, f), tanh(g), sigmoid(o)
-        cells = x_proj.new_empty(steps + 1, batch, hidden)
-        tanh_c = x_proj.new_empty(steps, batch, hidden)
-        cells[0] = c0
-        h = h0
-        for t in range(steps):
-            pre = project_hidden(h, weight, bias, step_mask(z_h, t)).add_(x_proj[t])
-            a = acts[t]
-            torch.sigmoid(pre, out=a)
-            torch.tanh(pre[:, 2 * hidden : 3 * hidden], out=a[:, 2 * hidden : 3 * hidden])
-            i, f, g, o = a.chunk(4, 1)
-            c = torch.addcmul(f * cells[t], i, g)
-            if z_c is not None:
-                c.mul_(step_mask(z_c, t))
-            cells[t + 1] = c
-            torch.tanh(c, out=tanh_c[t])
-            torch.mul(o, tanh_c[t], out=out[t])
-            h = out[t]
+        out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, x_proj, h0, c0, weight, bias, z_h, z_c)
         ctx.save_for_backward(h0, weight, out, acts, cells, tanh_c, z_h, z_c)
-        return out, out[steps - 1].clone(), cells[steps].clone()
+        return out, out[-1].clone(), cells[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
         h0, weight, out, acts, cells, tanh_c, z_h, z_c = ctx.saved_tensors
         steps, batch, hidden = out.shape
-        untied = z_h is not None and z_h.shape[1] > 1
-        per_gate = weight.view(4, hidden, hidden)
-        d_pre = torch.empty_like(acts)
-        dh = torch.zeros_like(h0) if d_h is None else d_h.clone()
-        dc = torch.zeros_like(h0) if d_c is None else d_c.clone()
-        if d_out is None:
-            d_out = torch.zeros_like(out)
-        for t in range(steps - 1, -1, -1):
-            dh_t = dh + d_out[t]
-            i, f, g, o = acts[t].chunk(4, 1)
-            tc = tanh_c[t]
-            dc_t = torch.addcmul(dc, dh_t * o, 1 - tc * tc)
-            if z_c is not None:
-                dc_t.mul_(step_mask(z_c, t))
-            dp = d_pre[t]
-            di, df, dg, do = dp.chunk(4, 1)
-            torch.mul(dc_t * g, i * (1 - i), out=di)
-            torch.mul(dc_t * cells[t], f * (1 - f), out=df)
-            torch.mul(dc_t * i, 1 - g * g, out=dg)
-            torch.mul(dh_t * tc, o * (1 - o), out=do)
-            dc = dc_t * f
-            z = step_mask(z_h, t)
-            if untied:  # d h = sum_k (dp_k W_k) * z_k
-                dh = (torch.bmm(dp.view(batch, 4, hidden).transpose(0, 1), per_gate) * z).sum(0)
-            else:
-                dh = dp @ weight
-                if z is not None:
-                    dh.mul_(z[0])
+        d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
+        d_h = torch.zeros_like(h0) if d_h is None else d_h
+        d_c = torch.zeros_like(h0) if d_c is None else d_c
+        d_pre, dh, dc = _run("lstm-backward", backward_steps, d_out, d_h, d_c, weight, acts, cells, tanh_c, z_h, z_c)
         h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
-        if untied:
+        if z_h is not None and z_h.shape[1] > 1:  # untied
             masked = h_prev.unsqueeze(1) * z_h  # (T, 4, B, H)
             d_weight = torch.einsum("tbgh,tgbi->ghi", d_pre.view(steps, batch, 4, hidden), masked).reshape(4 * hidden, hidden)
         else:

@@ -20,9 +20,9 @@ import torch
 from dropbench.variants import SEQUENCE, Variant, config_key
 
 
-def bernoulli_mask(shape, p: float, device) -> torch.Tensor:
+def bernoulli_mask(shape, p: float, device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Entries 0 with probability p, else 1/(1-p)."""
-    return torch.empty(shape, device=device).bernoulli_(1.0 - p).div_(1.0 - p)
+    return torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
 
 
 def step_mask(mask: Optional[torch.Tensor], t: int) -> Optional[torch.Tensor]:
@@ -68,11 +68,14 @@ def draw_masks(
     device,
     embedding: bool = True,
     keep: Optional[ChunkMasks] = None,
+    generator: Optional[torch.Generator] = None,
 ) -> ChunkMasks:
     """Masks for one chunk. `config` supplies the probabilities (p_input, ...); a slot whose
     probability is 0 gets no mask. `embedding=False` leaves word-type dropout out (MC evaluation).
     With `keep`, once-per-sequence masks are taken from it instead of drawn, so that one mask can
-    hold over a whole evaluation stream while per-step masks stay fresh."""
+    hold over a whole evaluation stream while per-step masks stay fresh. Draws come from
+    `generator` (default: the global one): a trial owns its generator, so that its masks are the
+    same whether it trains alone or in a population."""
 
     def p_of(slot):
         return float(config.get(config_key(slot), 0.0)) if slot in variant.masks else 0.0
@@ -84,7 +87,7 @@ def draw_masks(
             if keep is not None:
                 return kept
             shape = (1, *shape[1:]) if slot != "embedding" else shape
-        return bernoulli_mask(shape, p_of(slot), device)
+        return bernoulli_mask(shape, p_of(slot), device, generator)
 
     gates = 1 if variant.tied else num_gates
     kept_layers = keep.layers if keep is not None else [LayerMasks() for _ in input_sizes]

@@ -41,12 +41,13 @@ class _Recurrent(nn.Module):
     def initial_state(self, batch: int, device=None) -> list[tuple]:
         return [layer.initial_state(batch, device) for layer in self.layers]
 
-    def draw_masks(self, config: dict, steps: int, batch: int, device, embedding: bool = True, keep: Optional[ChunkMasks] = None) -> ChunkMasks:
+    def draw_masks(self, config: dict, steps: int, batch: int, device, embedding: bool = True, keep: Optional[ChunkMasks] = None,
+                   generator: Optional[torch.Generator] = None) -> ChunkMasks:
         return draw_masks(
             self.variant, config, steps, batch,
             input_sizes=[layer.input_size for layer in self.layers],
             hidden_size=self.hidden_size, num_gates=self.num_gates, vocab_size=self.vocab_size,
-            device=device, embedding=embedding, keep=keep,
+            device=device, embedding=embedding, keep=keep, generator=generator,
         )
 
     def run_layers(self, tokens: torch.Tensor, state: list[tuple], masks: Optional[ChunkMasks]):

@@ -8,6 +8,7 @@ from its last finished epoch and ends with the same numbers as an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -130,13 +131,34 @@ def _wall_seconds(run: dict) -> float:
     return run["wall_before"] + time.perf_counter() - run["session_start"]
 
 
+@contextlib.contextmanager
+def matmul_precision(name: str):
+    """For the trial: fp32 and bf16 keep float32 matrix products exact (PyTorch's cuDNN default
+    would use TF32); tf32 lets CUDA run them in TF32 (10-bit mantissa). Nothing changes on a CPU."""
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if name == "tf32" else "highest")
+    torch.backends.cudnn.allow_tf32 = name == "tf32"
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
+
+
+def autocast(config: dict, device: torch.device):
+    """bf16: the forward pass's matrix products in bfloat16; losses, softmax and the LSTM cell state
+    stay float32 (`cell.py`). Entered per forward pass, never around an optimizer step: autocast
+    caches its bfloat16 copies of the weights until the context exits."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16")
+
+
 def run_trial(config: dict, variant: Variant, data_dir: Path, checkpoint: Optional[Path] = None, progress: Optional[Progress] = None) -> TrialOutcome:
     device = resolve_device(config["device"])
     torch.manual_seed(config["seed"])
     progress = progress or Progress()
-    if config["task"] == "ptb":
-        return train_language_model(config, variant, data_dir, device, checkpoint, progress)
-    return train_sentiment(config, variant, data_dir, device, checkpoint, progress)
+    train = train_language_model if config["task"] == "ptb" else train_sentiment
+    with matmul_precision(config["precision"]):
+        return train(config, variant, data_dir, device, checkpoint, progress)
 
 
 def train_language_model(config, variant, data_dir, device, checkpoint, progress) -> TrialOutcome:
@@ -172,8 +194,9 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
             x = train[start : min(start + bptt, train.shape[0] - 1)]
             y = train[start + 1 : start + 1 + x.shape[0]]
             masks = model.draw_masks(config, x.shape[0], batch, device)
-            logits, state = model(x, _detach(state), masks)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            with autocast(config, device):
+                logits, state = model(x, _detach(state), masks)
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
             optimizer.zero_grad(set_to_none=True)
             (loss * x.shape[0]).backward()  # mean NLL per step, summed over the chunk's steps (paper §2)
             if config["max_grad_norm"]:
@@ -190,7 +213,8 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
             return _diverged(epoch)
 
         started = clock.now()
-        logprob, _ = lm_target_logprobs(model, valid, config["eval_batch_size"], bptt, device)
+        with autocast(config, device):
+            logprob, _ = lm_target_logprobs(model, valid, config["eval_batch_size"], bptt, device)
         run["val_seconds"] += clock.now() - started
         run["val_tokens"] += logprob.size
         val_ppl = float(np.exp(-logprob.mean()))
@@ -215,12 +239,14 @@ def train_language_model(config, variant, data_dir, device, checkpoint, progress
     metrics = {"epochs_run": run["epoch"], "val_ppl": run["best_val"] if config["early_stopping_patience"] else run["last_val"],
                "train_wps": run["train_tokens"] / max(run["train_seconds"], 1e-9),
                "eval_wps": run["val_tokens"] / max(run["val_seconds"], 1e-9)}
-    logprob, positions = lm_target_logprobs(model, test, config["test_batch_size"], bptt, device)
+    with autocast(config, device):
+        logprob, positions = lm_target_logprobs(model, test, config["test_batch_size"], bptt, device)
     metrics["test_ppl"] = float(np.exp(-logprob.mean()))
     losses = {"det": per_sentence(logprob, positions, test, corpus.eos_id)}
     if config["mc_samples"]:
         started = clock.now()
-        logprob, positions = lm_target_logprobs(model, test, config["test_batch_size"], bptt, device, config, config["mc_samples"])
+        with autocast(config, device):
+            logprob, positions = lm_target_logprobs(model, test, config["test_batch_size"], bptt, device, config, config["mc_samples"])
         metrics["mc_eval_wps"] = logprob.size * config["mc_samples"] / (clock.now() - started)
         metrics["test_ppl_mc"] = float(np.exp(-logprob.mean()))
         losses["mc"] = per_sentence(logprob, positions, test, corpus.eos_id)
@@ -269,7 +295,8 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
             rows = order[first : first + batch]
             x, y = train_x[rows].t().to(device), train_y[rows].to(device)
             masks = model.draw_masks(config, x.shape[0], x.shape[1], device)
-            loss = F.mse_loss(model(x, masks), y)
+            with autocast(config, device):
+                loss = F.mse_loss(model(x, masks), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config["max_grad_norm"]:
@@ -284,11 +311,12 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             return _diverged(epoch)
-        test_rmse, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device), data)
+        with autocast(config, device):
+            test_rmse, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device), data)
         test_rmse_mc = None
         if config["mc_samples_per_epoch"]:
             # its masks come from a forked RNG: monitoring must not change the training that follows
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(config, device):
                 test_rmse_mc, _ = _rmse(sentiment_predictions(model, test_x, EVAL_ROWS, device, config, config["mc_samples_per_epoch"]), data)
         if epoch > config["lr_decay_start"]:
             run["lr"] /= config["lr_decay"]
@@ -298,7 +326,8 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
         _save_checkpoint(checkpoint, model, optimizer, run, device)
 
     started = clock.now()
-    predictions = sentiment_predictions(model, test_x, EVAL_ROWS, device)
+    with autocast(config, device):
+        predictions = sentiment_predictions(model, test_x, EVAL_ROWS, device)
     eval_seconds = clock.now() - started
     test_rmse, squared = _rmse(predictions, data)
     metrics = {"epochs_run": run["epoch"], "test_rmse": test_rmse, "train_wps": run["train_tokens"] / max(run["train_seconds"], 1e-9),
@@ -307,7 +336,8 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
     losses = {"det": (squared, ones)}
     if config["mc_samples"]:
         started = clock.now()
-        predictions = sentiment_predictions(model, test_x, EVAL_ROWS, device, config, config["mc_samples"])
+        with autocast(config, device):
+            predictions = sentiment_predictions(model, test_x, EVAL_ROWS, device, config, config["mc_samples"])
         metrics["mc_eval_wps"] = test_x.numel() * config["mc_samples"] / (clock.now() - started)
         metrics["test_rmse_mc"], squared = _rmse(predictions, data)
         losses["mc"] = (squared, ones)

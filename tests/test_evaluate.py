@@ -22,7 +22,7 @@ class FixedProbabilities(torch.nn.Module):
     def initial_state(self, batch, device=None):
         return []
 
-    def draw_masks(self, config, steps, batch, device, embedding=True, keep=None):
+    def draw_masks(self, config, steps, batch, device, embedding=True, keep=None, generator=None):
         return "masks"
 
     def forward(self, tokens, state, masks=None):
