@@ -20,10 +20,12 @@ from .cost import PTB_VOCAB, forward_flops_per_token
 from .errors import DropbenchError
 from .evaluate import lm_target_logprobs
 from .models import LanguageModel
+from .population import Population, train_step
 
 SIZES = {"small": (200, 2), "medium": (650, 2), "large": (1500, 2)}
 BASELINE = "baseline-nn.LSTM"
 BATCH, STEPS = 20, 35
+POPULATION_VARIANT, POPULATION_SIZES = "variational-tied", (1, 2, 4, 8)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -131,6 +133,10 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
             row["mc_samples_wps"] = mc_samples * (mc_tokens - BATCH) / monte_carlo
             row["mc_cost_in_deterministic_passes"] = monte_carlo / deterministic
         rows.append(row)
+    rows_alone = {row["variant"]: row for row in rows}
+    population = population_throughput(registry, device, hidden, layers, rounds, repeats) if POPULATION_VARIANT in registry else []
+    for row in population:
+        row["ratio_to_alone"] = row["train_wps"] / rows_alone[POPULATION_VARIANT]["train_wps"]
     baseline = next(r for r in rows if r["variant"] == BASELINE)
     for row in rows:
         row["train_ratio_to_baseline"] = row["train_wps"] / baseline["train_wps"]
@@ -138,4 +144,30 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
     return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "hidden_size": hidden, "num_layers": layers,
             "batch_size": BATCH, "bptt": STEPS, "rounds": rounds, "mc_samples": mc_samples,
-            "flops_per_token_forward": flops, "matmul_peak_flops": peak, "rows": rows}
+            "flops_per_token_forward": flops, "matmul_peak_flops": peak, "rows": rows, "population": population}
+
+
+def population_throughput(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 3, repeats: int = 3,
+                          sizes=POPULATION_SIZES) -> list[dict]:
+    """Training words/s (all members together) of S models of `POPULATION_VARIANT` trained as one
+    population (`population.train_step`), per S in `sizes`; rounds interleave the sizes."""
+    tokens = torch.randint(0, PTB_VOCAB, (STEPS + 1, BATCH), device=device)
+    x, y = tokens[:-1], tokens[1:]
+    variant = registry[POPULATION_VARIANT]
+    config = _probabilities(variant)
+    setups = {}
+    for size in sizes:
+        members = [LanguageModel(PTB_VOCAB, "lstm", hidden, layers, variant).to(device) for _ in range(size)]
+        per_member = torch.ones(size, device=device)
+        setups[size] = (Population(members), per_member * 0.01, per_member * 5.0, per_member)
+
+    def step(size):
+        population, lr, max_norm, keep = setups[size]
+        masks = [member.draw_masks(config, STEPS, BATCH, device) for member in population.members]
+        train_step(population, x, y, masks, population.initial_state(BATCH), lr, max_norm, keep)
+
+    wps = {size: [] for size in sizes}
+    for _ in range(rounds):
+        for size in sizes:
+            wps[size].append(size * BATCH * STEPS / _timed(device, lambda: step(size), repeats))
+    return [{"variant": POPULATION_VARIANT, "models": size, "train_wps": statistics.median(wps[size])} for size in sizes]

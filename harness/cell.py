@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .lstm_kernel import MaskedLSTM
+from .lstm_kernel import masked_lstm
 from .masks import LayerMasks, step_mask
 from .projections import project_hidden, project_inputs
 
@@ -78,12 +78,8 @@ class RecurrentLayer(nn.Module):
             return self._fused(x if masks.input is None else x * masks.input[:, 0], state)
         x_proj = project_inputs(x, self.weight_ih, self.bias_ih, masks.input)
         if self.cell == "lstm" and cell_step is None:
-            if torch.is_autocast_enabled(x.device.type):
-                # under bf16 autocast the recurrence still runs in float32: the cell state
-                # integrates over hundreds of steps, and its products are small next to the decoder's
-                with torch.autocast(x.device.type, enabled=False):
-                    return self._masked_lstm(x_proj.float(), tuple(s.float() for s in state), masks)
-            return self._masked_lstm(x_proj, state, masks)
+            out, h, c = masked_lstm(x_proj, *state, self.weight_hh, self.bias_hh, masks.recurrent, masks.cell)
+            return out, (h, c)
         outputs = []
         if self.cell == "lstm":
             step = cell_step or lstm_step
@@ -101,10 +97,6 @@ class RecurrentLayer(nn.Module):
                 outputs.append(h)
             state = (h,)
         return torch.stack(outputs), state
-
-    def _masked_lstm(self, x_proj: torch.Tensor, state: tuple, masks: LayerMasks):
-        out, h, c = MaskedLSTM.apply(x_proj, *state, self.weight_hh, self.bias_hh, masks.recurrent, masks.cell)
-        return out, (h, c)
 
     def _fused(self, x: torch.Tensor, state: tuple):
         params = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]

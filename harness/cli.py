@@ -9,6 +9,9 @@ from pathlib import Path
 
 from .errors import DropbenchError
 
+# Population training pays off where one model leaves the device idle (a GPU at the paper's sizes).
+DEFAULT_POPULATION_GPU = 8
+
 
 def _registry(plugins):
     from dropbench.variants import load_registry
@@ -43,7 +46,10 @@ def cmd_run(args) -> int:
         return 0
     out_dir = Path(args.out or f"results/{suite.name}")
     data_dir = resolve_data_dir(args.data_dir)
-    summary = run_trials(trials, registry, out_dir, data_dir, sys.argv, show_progress=not args.no_progress)
+    if args.population is not None and args.population < 1:
+        raise DropbenchError(f"--population must be at least 1, got {args.population}")
+    population = args.population or (DEFAULT_POPULATION_GPU if any(t.config["device"] == "cuda" for t in trials) else 1)
+    summary = run_trials(trials, registry, out_dir, data_dir, sys.argv, show_progress=not args.no_progress, population_size=population)
     print(f"{len(trials)} trials: " + ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())))
     print(f"results: {out_dir / 'results.sqlite'}, {out_dir / 'results.csv'}, {out_dir / 'curves.csv'}")
     print(f"report:  {write_report(out_dir, registry)}")
@@ -120,6 +126,8 @@ def cmd_bench(args) -> int:
         print(f"{row['variant']:<20} {row['train_wps']:>10.0f} {row['train_ratio_to_baseline']:>7.2f} {row['eval_wps']:>10.0f}"
               f" {row['eval_ratio_to_baseline']:>7.2f} {100 * row['train_flops_fraction_of_peak']:>6.0f}% {mc}")
     print(f"MC: {result['mc_samples']} samples over {result['batch_size']} streams; cost = time of MC / time of one deterministic pass")
+    for row in result["population"]:
+        print(f"population of {row['models']} {row['variant']}: {row['train_wps']:.0f} train w/s in all, {row['ratio_to_alone']:.2f}x one model alone")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
@@ -163,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="list the resolved trials without running them")
     run.add_argument("--json", action="store_true", help="with --dry-run: print every trial's full config as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--population", type=int, metavar="S",
+                     help=f"train up to S language-model trials of one shape as one population (default: {DEFAULT_POPULATION_GPU} on CUDA, 1 on a CPU)")
     run.set_defaults(func=cmd_run)
 
     report = commands.add_parser("report", help="write report.html, summary.csv and significance.csv for a results folder")

@@ -6,11 +6,14 @@ when the time budget left cannot hold it, so that one call always ends with a ta
 
 1. correctness: every variant's logits and gradients on the device (float32 with and without CUDA
    graphs, TF32, bf16 autocast) against a float64 CPU reference with the same weights and masks;
+   1b. a population of every variant against each member's own float64 forward pass;
 2. the masked recurrence, forward + backward, with and without CUDA graphs;
-3. `dropbench bench` at medium;
+3. `dropbench bench` at medium, with population throughput for S = 1, 2, 4, 8;
 4. a shortened paper-ptb-medium suite (every row, 1 seed, 3 epochs on a training prefix sized to
-   the budget from section 3's speeds, 100 MC samples), printed beside the paper's numbers;
-5. validation perplexity after one epoch in fp32, TF32 and bf16 (the 0.5% question);
+   the budget from section 3's speeds, 100 MC samples, trained as populations as `dropbench run`
+   does on CUDA), printed beside the paper's numbers;
+5. precision: the same weights evaluated in fp32, TF32 and bf16, and one epoch trained in each
+   beside fp32's seed-to-seed spread (the 0.5% question);
 6. `dropbench bench` at large.
 Everything also lands in OUT/gpu_check.json. Record what it prints in docs/perf.md.
 """
@@ -29,6 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dropbench.variants import load_registry
@@ -36,10 +40,12 @@ from dropbench.variants import load_registry
 from .bench import run_bench
 from .config import expand, load_suite
 from .data import load_ptb, resolve_data_dir
+from .evaluate import lm_target_logprobs
 from .lstm_kernel import MaskedLSTM
 from .masks import ChunkMasks, LayerMasks
 from .models import LanguageModel
-from .train import autocast, matmul_precision, run_trial
+from .population import Population
+from .train import LanguageModelTrial, Progress, autocast, matmul_precision, run_trial, train_language_models
 
 PROBABILITIES = {"p_embedding": 0.3, "p_input": 0.5, "p_recurrent": 0.3, "p_cell": 0.25, "p_output": 0.5}
 PTB_TRAIN_TOKENS = 929_589
@@ -129,19 +135,21 @@ def time_recurrence(device: torch.device, sizes: list[int], batch: int = 20, ste
 
 def suite_tokens(bench: dict | None, trials, seconds: float, tiny: bool) -> int:
     """The longest training prefix (tokens) with which the shortened suite's trials fit `seconds`,
-    from the words/s that section 3 measured (200,000 when it did not run)."""
+    from the words/s that section 3 measured (200,000 when it did not run): training at the
+    population's rate, validation, test and MC at each variant's own."""
     if tiny:
         return 700
     if not bench or "rows" not in bench:
         return 200_000
     speed = {row["variant"]: row for row in bench["rows"]}
-    per_token, fixed = 0.0, 0.0
+    together = max((row["train_wps"] for row in bench.get("population", [])), default=0.0)
+    per_token, fixed = 0.0, 10.0  # process start, data, first CUDA graph captures
     for trial in trials:
         row = speed[trial.config["variant"]]
-        per_token += SUITE_EPOCHS / row["train_wps"]
-        fixed += 8 + (SUITE_EPOCHS * 73_760 + 82_430) / row["eval_wps"]  # process, validation, test
+        per_token += SUITE_EPOCHS / max(row["train_wps"], together)
+        fixed += (SUITE_EPOCHS * 73_760 + 82_430) / row["eval_wps"]
         if trial.config["mc_samples"]:
-            fixed += SUITE_MC_SAMPLES * 82_430 / row.get("mc_samples_wps", row["eval_wps"])
+            fixed += SUITE_MC_SAMPLES * 82_430 / row["mc_samples_wps"]
     tokens = int((0.8 * seconds - fixed) / per_token)
     return max(20_000, min(PTB_TRAIN_TOKENS, tokens // 1000 * 1000))
 
@@ -174,23 +182,76 @@ def shortened_medium_suite(device: str, out: Path, seconds: float, bench: dict |
             "table": results[columns].to_string(index=False, float_format=lambda v: f"{v:.1f}")}
 
 
-def precision_perplexity(device: str, tokens: int, tiny: bool) -> list[dict]:
-    """Validation perplexity after one epoch on a `tokens` prefix in fp32, TF32 and bf16, same seed."""
+def precision_check(device: str, tokens: int, tiny: bool) -> dict:
+    """(a) One variational-tied medium model trained one epoch in fp32, then evaluated in fp32,
+    TF32 and bf16: the same weights, so a change of perplexity is the arithmetic's alone.
+    (b) The same training in TF32 and bf16, and in fp32 with seed 2: the seed-to-seed spread is
+    what a precision's change in (b) has to be set against."""
     sets = {"epochs": 1, "train_tokens": tokens, "mc_samples": 0, "test_tokens": 2000, "device": device}
     if tiny:
         sets.update(hidden_size=32, valid_tokens=300, test_tokens=100)
     data_dir = resolve_data_dir(None)
-    load_ptb(data_dir)
+    corpus = load_ptb(data_dir)
     registry = load_registry()
-    rows = []
-    for name in ("zaremba", "variational-tied"):
-        trial = expand(load_suite("paper-ptb-medium"), registry, seeds=1, only=[name], overrides=sets)[0]
-        for mode in ("fp32", "tf32", "bf16"):
-            metrics = run_trial({**trial.config, "precision": mode}, registry[name], data_dir).metrics
-            rows.append({"variant": name, "precision": mode, "val_ppl": metrics["val_ppl"], "train_wps": metrics["train_wps"]})
-        fp32 = rows[-3]["val_ppl"]
-        for row in rows[-3:]:
-            row["val_ppl_change_vs_fp32_percent"] = 100 * (row["val_ppl"] / fp32 - 1)
+    variant = registry["variational-tied"]
+    config = expand(load_suite("paper-ptb-medium"), registry, seeds=1, only=["variational-tied"], overrides=sets)[0].config
+    torch_device = torch.device(device)
+    with matmul_precision("fp32"):
+        torch.manual_seed(config["seed"])
+        trial = LanguageModelTrial(config, variant, corpus, torch_device, None, Progress())
+        train_language_models([trial], corpus, Progress())
+    valid, test = corpus.valid[: 300 if tiny else None], corpus.test[: 300 if tiny else 20_000]
+    evaluated = []
+    for mode in ("fp32", "tf32", "bf16"):
+        mode_config = {**config, "precision": mode}
+        with matmul_precision(mode), autocast(mode_config, torch_device):
+            started = time.perf_counter()
+            logprob, _ = lm_target_logprobs(trial.model, valid, 20, 35, torch_device)
+            val_seconds = _synchronised(torch_device, started)
+            started = time.perf_counter()
+            generator = torch.Generator(torch_device).manual_seed(1)
+            mc, _ = lm_target_logprobs(trial.model, test, 20, 35, torch_device, mode_config, SUITE_MC_SAMPLES, generator=generator)
+            mc_seconds = _synchronised(torch_device, started)
+        evaluated.append({"precision": mode, "val_ppl": float(np.exp(-logprob.mean())), "val_s": val_seconds,
+                          "test_ppl_mc": float(np.exp(-mc.mean())), "mc_s": mc_seconds})
+    for row in evaluated:
+        row["val_change_percent"] = 100 * (row["val_ppl"] / evaluated[0]["val_ppl"] - 1)
+        row["mc_change_percent"] = 100 * (row["test_ppl_mc"] / evaluated[0]["test_ppl_mc"] - 1)
+    trained = [{"precision": "fp32", "seed": 1, "val_ppl": trial.run["last_val"]}]
+    for mode, seed in (("tf32", 1), ("bf16", 1), ("fp32", 2)):
+        metrics = run_trial({**config, "precision": mode, "seed": seed}, variant, data_dir).metrics
+        trained.append({"precision": mode, "seed": seed, "val_ppl": metrics["val_ppl"], "train_wps": metrics["train_wps"]})
+    for row in trained:
+        row["change_percent"] = 100 * (row["val_ppl"] / trained[0]["val_ppl"] - 1)
+    return {"same_weights": evaluated, "trained": trained}
+
+
+def _synchronised(device: torch.device, started: float) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def check_population(device: torch.device, hidden: int) -> list[dict]:
+    """Logits of one population of every variant on the device against each member's own
+    forward pass in float64 on the CPU, with the same weights and masks."""
+    registry = load_registry()
+    torch.manual_seed(7)
+    references = [LanguageModel(1000, "lstm", hidden, 2, variant).double() for variant in registry.values()]
+    tokens = torch.randint(0, 1000, (35, 8))
+    masks = [model.draw_masks(PROBABILITIES, 35, 8, "cpu") for model in references]
+    members = []
+    for reference in references:
+        member = LanguageModel(1000, "lstm", hidden, 2, reference.variant).to(device)
+        member.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+        members.append(member)
+    population = Population(members)
+    with torch.no_grad():
+        logits, _ = population.forward(tokens.to(device), population.initial_state(8), [_cast(m, torch.float32, device) for m in masks])
+        rows = []
+        for k, (name, reference) in enumerate(zip(registry, references)):
+            expected, _ = reference(tokens, reference.initial_state(8), _cast(masks[k], torch.float64, "cpu"))
+            rows.append({"variant": name, "logits_rel_error": relative_error(logits[k], expected.flatten(0, 1))})
     return rows
 
 
@@ -201,6 +262,8 @@ def print_bench(result: dict, label: str):
         mc = f"  MC {row['mc_cost_in_deterministic_passes']:.1f} passes for {result['mc_samples']}" if "mc_cost_in_deterministic_passes" in row else ""
         print(f"  {row['variant']:<20} train {row['train_wps']:>9.0f} w/s ({row['train_ratio_to_baseline']:.2f}x)  "
               f"eval {row['eval_wps']:>9.0f} w/s ({row['eval_ratio_to_baseline']:.2f}x)  {100 * row['train_flops_fraction_of_peak']:.1f}% peak{mc}")
+    for row in result.get("population", []):
+        print(f"  population of {row['models']} {row['variant']}: train {row['train_wps']:>9.0f} w/s in all ({row['ratio_to_alone']:.2f}x one alone)")
 
 
 def main(argv=None):
@@ -264,16 +327,28 @@ def main(argv=None):
         return result
 
     def precision(left):
-        rows = precision_perplexity(args.device, 1000 if args.tiny else 150_000, args.tiny)
+        result = precision_check(args.device, 1000 if args.tiny else 300_000, args.tiny)
+        print("  the same fp32-trained weights evaluated in each precision (validation; MC: 100 samples, 20k test tokens):")
+        for row in result["same_weights"]:
+            print(f"  {row['precision']:<5} val ppl {row['val_ppl']:8.3f} ({row['val_change_percent']:+.3f}%) {row['val_s']:.2f} s   "
+                  f"MC ppl {row['test_ppl_mc']:8.3f} ({row['mc_change_percent']:+.3f}%) {row['mc_s']:.2f} s")
+        print("  trained one epoch in each precision (val ppl; fp32 seed 2 shows the seed-to-seed spread):")
+        for row in result["trained"]:
+            print(f"  {row['precision']:<5} seed {row['seed']}  val ppl {row['val_ppl']:8.2f} ({row['change_percent']:+.2f}%)")
+        return result
+
+    def population(left):
+        rows = check_population(device, 16 if args.tiny else 256)
         for row in rows:
-            print(f"  {row['variant']:<18} {row['precision']:<5} val ppl {row['val_ppl']:8.2f} ({row['val_ppl_change_vs_fp32_percent']:+.2f}% vs fp32)  train {row['train_wps']:.0f} w/s")
+            print(f"  {row['variant']:<20} population logits {row['logits_rel_error']:.1e}")
         return rows
 
     section("1. against float64 on the CPU (relative error, ‖x − ref‖ / ‖ref‖)", 10, correctness)
+    section("1b. a population of every variant against each member alone in float64", 10, population)
     section("2. masked recurrence, forward + backward, batch 20, 35 steps", 10, recurrence)
     section("3. bench medium", 30, bench("medium", 1 if args.tiny else 3))
     section("4. shortened paper-ptb-medium, 1 seed", 60, suite)
-    section("5. precision: validation perplexity after one epoch", 30, precision)
+    section("5. precision: the same weights evaluated, and one epoch trained, in fp32, TF32 and bf16", 40, precision)
     section("6. bench large", 30, bench("large", 1 if args.tiny else 2))
 
 

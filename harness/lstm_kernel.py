@@ -6,7 +6,9 @@ LSTM step; recording one node instead of ~15 per step makes training about 1.7x 
 
 Shapes: x_proj (T, B, 4H) input projection incl. bias_ih; h0, c0 (B, H); weight (4H, H) = W_hh;
 bias (4H,) = b_hh; z_h None or (T|1, G|1, B, H) recurrent masks (G = 4 untied); z_c None or
-(T|1, B, H) cell masks. Per gate k, with a = activation:
+(T|1, B, H) cell masks. A population of S models (`population.py`) adds a model dimension: x_proj
+(T, S, B, 4H), h0 (S, B, H), weight (S, 4H, H), bias (S, 4H), z_h (T|1, S, G|1, B, H), z_c
+(T|1, S, B, H). Per gate k, with a = activation:
     gate_k = a(x_proj_k + (h_{t-1} * z_h^k) W_k^T + b_k),   c_t = z_c * (f c_{t-1} + i g),   h_t = o tanh(c_t)
 """
 
@@ -20,22 +22,22 @@ from .projections import project_hidden
 
 
 def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
-    """The T steps. Returns out (T, B, H), acts (T, B, 4H) = sigmoid(i, f), tanh(g), sigmoid(o),
-    cells (T+1, B, H) with cells[0] = c0, and tanh_c (T, B, H)."""
-    steps, batch, width = x_proj.shape
+    """The T steps. Returns out (T, [S,] B, H), acts (T, [S,] B, 4H) = sigmoid(i, f), tanh(g),
+    sigmoid(o), cells (T+1, [S,] B, H) with cells[0] = c0, and tanh_c (T, [S,] B, H)."""
+    steps, *rows, width = x_proj.shape
     hidden = width // 4
-    out = x_proj.new_empty(steps, batch, hidden)
-    acts = x_proj.new_empty(steps, batch, width)
-    cells = x_proj.new_empty(steps + 1, batch, hidden)
-    tanh_c = x_proj.new_empty(steps, batch, hidden)
+    out = x_proj.new_empty(steps, *rows, hidden)
+    acts = x_proj.new_empty(steps, *rows, width)
+    cells = x_proj.new_empty(steps + 1, *rows, hidden)
+    tanh_c = x_proj.new_empty(steps, *rows, hidden)
     cells[0] = c0
     h = h0
     for t in range(steps):
         pre = project_hidden(h, weight, bias, step_mask(z_h, t)).add_(x_proj[t])
         a = acts[t]
         torch.sigmoid(pre, out=a)
-        torch.tanh(pre[:, 2 * hidden : 3 * hidden], out=a[:, 2 * hidden : 3 * hidden])
-        i, f, g, o = a.chunk(4, 1)
+        torch.tanh(pre[..., 2 * hidden : 3 * hidden], out=a[..., 2 * hidden : 3 * hidden])
+        i, f, g, o = a.chunk(4, -1)
         c = torch.addcmul(f * cells[t], i, g)
         if z_c is not None:
             c.mul_(step_mask(z_c, t))
@@ -47,23 +49,21 @@ def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
 
 
 def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
-    """Gradients through the T steps, last to first. d_out (T, B, H); dh, dc (B, H) arriving from
-    after the chunk. Returns d_pre (T, B, 4H) (the gradient of every gate's pre-activation), and
-    dh, dc of the initial state."""
-    steps, batch, width = acts.shape
-    hidden = width // 4
-    untied = z_h is not None and z_h.shape[1] > 1
-    per_gate = weight.view(4, hidden, hidden)
+    """Gradients through the T steps, last to first. d_out (T, [S,] B, H); dh, dc ([S,] B, H)
+    arriving from after the chunk. Returns d_pre (T, [S,] B, 4H) (the gradient of every gate's
+    pre-activation), and dh, dc of the initial state."""
+    untied = z_h is not None and z_h.shape[-3] > 1
+    per_gate = weight.unflatten(-2, (4, -1))  # ([S,] 4, H, H)
     d_pre = torch.empty_like(acts)
-    for t in range(steps - 1, -1, -1):
+    for t in range(acts.shape[0] - 1, -1, -1):
         dh_t = dh + d_out[t]
-        i, f, g, o = acts[t].chunk(4, 1)
+        i, f, g, o = acts[t].chunk(4, -1)
         tc = tanh_c[t]
         dc_t = torch.addcmul(dc, dh_t * o, 1 - tc * tc)
         if z_c is not None:
             dc_t.mul_(step_mask(z_c, t))
         dp = d_pre[t]
-        di, df, dg, do = dp.chunk(4, 1)
+        di, df, dg, do = dp.chunk(4, -1)
         torch.mul(dc_t * g, i * (1 - i), out=di)
         torch.mul(dc_t * cells[t], f * (1 - f), out=df)
         torch.mul(dc_t * i, 1 - g * g, out=dg)
@@ -71,11 +71,11 @@ def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
         dc = dc_t * f
         z = step_mask(z_h, t)
         if untied:  # d h = sum_k (dp_k W_k) * z_k
-            dh = (torch.bmm(dp.view(batch, 4, hidden).transpose(0, 1), per_gate) * z).sum(0)
+            dh = (torch.matmul(dp.unflatten(-1, (4, -1)).transpose(-3, -2), per_gate) * z).sum(-3)
         else:
-            dh = dp @ weight
+            dh = torch.matmul(dp, weight)
             if z is not None:
-                dh.mul_(z[0])
+                dh.mul_(z.select(-3, 0))
     return d_pre, dh, dc
 
 
@@ -97,16 +97,28 @@ class MaskedLSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
         h0, weight, out, acts, cells, tanh_c, z_h, z_c = ctx.saved_tensors
-        steps, batch, hidden = out.shape
         d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
         d_h = torch.zeros_like(h0) if d_h is None else d_h
         d_c = torch.zeros_like(h0) if d_c is None else d_c
         d_pre, dh, dc = _run("lstm-backward", backward_steps, d_out, d_h, d_c, weight, acts, cells, tanh_c, z_h, z_c)
-        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, B, H)
-        if z_h is not None and z_h.shape[1] > 1:  # untied
-            masked = h_prev.unsqueeze(1) * z_h  # (T, 4, B, H)
-            d_weight = torch.einsum("tbgh,tgbi->ghi", d_pre.view(steps, batch, 4, hidden), masked).reshape(4 * hidden, hidden)
+        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, [S,] B, H)
+        if z_h is not None and z_h.shape[-3] > 1:  # untied: gate k's rows of W see gate k's mask
+            masked = h_prev.unsqueeze(-3) * z_h  # (T, [S,] 4, B, H)
+            d_weight = torch.einsum("t...bgh,t...gbi->...ghi", d_pre.unflatten(-1, (4, -1)), masked).flatten(-3, -2)
         else:
-            masked = h_prev if z_h is None else h_prev * z_h[:, 0]
-            d_weight = d_pre.reshape(steps * batch, -1).t() @ masked.reshape(steps * batch, hidden)
-        return d_pre, dh, dc, d_weight, d_pre.sum((0, 1)), None, None
+            masked = h_prev if z_h is None else h_prev * z_h.select(-3, 0)
+            if weight.dim() == 2:
+                d_weight = d_pre.flatten(0, 1).t() @ masked.flatten(0, 1)
+            else:
+                d_weight = torch.einsum("tsbg,tsbh->sgh", d_pre, masked)
+        return d_pre, dh, dc, d_weight, d_pre.sum((0, -2)), None, None
+
+
+def masked_lstm(x_proj, h0, c0, weight, bias, z_h, z_c):
+    """The recurrence as an autograd node: (out, h, c). Under bf16 autocast it still runs in
+    float32: the cell state integrates over hundreds of steps, and its products are small next
+    to the decoder's."""
+    if torch.is_autocast_enabled(x_proj.device.type):
+        with torch.autocast(x_proj.device.type, enabled=False):
+            return MaskedLSTM.apply(x_proj.float(), h0.float(), c0.float(), weight, bias, z_h, z_c)
+    return MaskedLSTM.apply(x_proj, h0, c0, weight, bias, z_h, z_c)

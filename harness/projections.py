@@ -1,6 +1,10 @@
-"""The masked affine maps of a recurrent layer, shared by the step loop (`cell.py`) and the
-hand-written recurrence (`lstm_kernel.py`). With G masks (untied), gate k sees only its own
-masked copy of its input."""
+"""The masked affine maps of a recurrent layer, shared by the step loop (`cell.py`), the
+hand-written recurrence (`lstm_kernel.py`) and the population (`population.py`). With G masks
+(untied), gate k sees only its own masked copy of its input.
+
+A population of S models adds a leading model dimension to weights (S, G*H, I), biases (S, G*H)
+and states (S, B, H); inputs then carry it after the time dimension: (T, S, B, I).
+"""
 
 from __future__ import annotations
 
@@ -10,26 +14,31 @@ import torch
 
 
 def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """x: (T, B, I), mask: None or (T|1, G|1, B, I). Returns (T, B, G*H) = mask(x) W^T + b,
-    where with G masks gate k sees only its own masked copy of x."""
+    """x: (T, [S,] B, I), mask: None or (T|1, [S,] G|1, B, I). Returns (T, [S,] B, G*H) =
+    mask(x) W^T + b, where with G masks gate k sees only its own masked copy of x."""
+    if mask is not None and mask.shape[-3] == 1:
+        x, mask = x * mask.select(-3, 0), None
     if mask is None:
-        return torch.nn.functional.linear(x, weight, bias)
-    if mask.shape[1] == 1:
-        return torch.nn.functional.linear(x * mask[:, 0], weight, bias)
-    steps, batch, _ = x.shape
-    gates = mask.shape[1]
-    per_gate = weight.view(gates, -1, weight.shape[1])  # (G, H, I)
-    out = torch.einsum("tgbi,ghi->tbgh", x.unsqueeze(1) * mask, per_gate)
-    return out.reshape(steps, batch, -1) + bias
+        if weight.dim() == 2:
+            return torch.nn.functional.linear(x, weight, bias)
+        steps, models, batch, _ = x.shape  # one (T*B, I) x (I, G*H) product per model
+        out = torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1).reshape(models, steps * batch, -1), weight.transpose(1, 2))
+        return out.view(models, steps, batch, -1).transpose(0, 1)
+    gates = mask.shape[-3]
+    per_gate = weight.unflatten(-2, (gates, -1))  # ([S,] G, H, I)
+    out = torch.einsum("t...gbi,...ghi->t...bgh", x.unsqueeze(-3) * mask, per_gate)
+    return out.flatten(-2) + bias.unsqueeze(-2)
 
 
 def project_hidden(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """h: (B, H), mask: None or (G|1, B, H). Returns (B, G*H), gate k using its own mask of h."""
+    """h: ([S,] B, H), mask: None or ([S,] G|1, B, H). Returns ([S,] B, G*H), gate k using its own mask of h."""
+    if mask is not None and mask.shape[-3] == 1:
+        h, mask = h * mask.select(-3, 0), None
     if mask is None:
-        return torch.nn.functional.linear(h, weight, bias)
-    if mask.shape[0] == 1:
-        return torch.nn.functional.linear(h * mask[0], weight, bias)
-    gates, batch, hidden = mask.shape
-    per_gate = weight.view(gates, -1, hidden).transpose(1, 2)  # (G, H_in, H_out)
-    out = torch.baddbmm(bias.view(gates, 1, -1), h.unsqueeze(0) * mask, per_gate)  # (G, B, H)
-    return out.transpose(0, 1).reshape(batch, -1)
+        if weight.dim() == 2:
+            return torch.nn.functional.linear(h, weight, bias)
+        return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+    gates = mask.shape[-3]
+    per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2)  # ([S,] G, H_in, H_out)
+    out = torch.matmul(h.unsqueeze(-3) * mask, per_gate) + bias.unflatten(-1, (gates, 1, -1))  # ([S,] G, B, H)
+    return out.transpose(-3, -2).flatten(-2)

@@ -95,18 +95,20 @@ def _decay_weights(model, config):
                 param.mul_(1.0 - config["weight_decay"])
 
 
-def _save_checkpoint(path: Optional[Path], model, optimizer, run: dict, device):
+def _save_checkpoint(path: Optional[Path], model, optimizer, run: dict, device, generator: Optional[torch.Generator] = None):
     """Everything needed to continue after this epoch, written atomically (temporary file + rename)."""
     run["wall_s"] = _wall_seconds(run)
     if path is None:
         return
-    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
+    none = torch.empty(0, dtype=torch.uint8)
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else none,
+           "masks": generator.get_state() if generator is not None else none}
     temporary = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run, "rng": rng}, temporary)
     os.replace(temporary, path)
 
 
-def _resume(path: Optional[Path], model, optimizer, run: dict, device, progress) -> dict:
+def _resume(path: Optional[Path], model, optimizer, run: dict, device, progress, generator: Optional[torch.Generator] = None) -> dict:
     """Restore model, optimizer and RNG from the last epoch's checkpoint; returns its `run` state,
     or `run` unchanged when there is none. A corrupt or truncated checkpoint is removed and the
     trial starts afresh; loading is `weights_only`, so a checkpoint can never run code."""
@@ -123,6 +125,8 @@ def _resume(path: Optional[Path], model, optimizer, run: dict, device, progress)
     torch.set_rng_state(saved["rng"]["cpu"])
     if device.type == "cuda" and saved["rng"]["cuda"].numel():
         torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
+    if generator is not None:
+        generator.set_state(saved["rng"]["masks"])
     return {**saved["run"], "wall_before": saved["run"]["wall_s"], "session_start": run["session_start"]}
 
 
@@ -156,102 +160,164 @@ def run_trial(config: dict, variant: Variant, data_dir: Path, checkpoint: Option
     device = resolve_device(config["device"])
     torch.manual_seed(config["seed"])
     progress = progress or Progress()
-    train = train_language_model if config["task"] == "ptb" else train_sentiment
     with matmul_precision(config["precision"]):
-        return train(config, variant, data_dir, device, checkpoint, progress)
+        if config["task"] == "ptb":
+            corpus = load_ptb(data_dir)
+            trial = LanguageModelTrial(config, variant, corpus, device, checkpoint, progress)
+            return train_language_models([trial], corpus, progress)[0]
+        return train_sentiment(config, variant, data_dir, device, checkpoint, progress)
 
 
-def train_language_model(config, variant, data_dir, device, checkpoint, progress) -> TrialOutcome:
+def run_population(configs: list[dict], variants: list[Variant], data_dir: Path, checkpoints: list[Optional[Path]],
+                   progresses: list[Progress], bar: Progress) -> list[TrialOutcome]:
+    """Language-model trials of one shape (`population.population_key`) trained side by side as one
+    population; each ends with what it would have reached alone, up to float rounding."""
+    device = resolve_device(configs[0]["device"])
     corpus = load_ptb(data_dir)
-    model = LanguageModel(len(corpus.vocab), config["cell"], config["hidden_size"], config["num_layers"], variant,
-                          embedding_size=config["embedding_size"] or None).to(device)
-    if config["init_scale"]:
-        model.init_uniform(config["init_scale"])
-    optimizer = _make_optimizer(model, config)
-    train = batchify(_limit(corpus.train, config["train_tokens"]), config["batch_size"]).to(device)
-    valid, test = _limit(corpus.valid, config["valid_tokens"]), _limit(corpus.test, config["test_tokens"])
-    bptt, batch = config["bptt"], config["batch_size"]
-    clock = Clock(device)
+    trials = []
+    for config, variant, checkpoint, progress in zip(configs, variants, checkpoints, progresses):
+        torch.manual_seed(config["seed"])  # the member's initial weights, as run_trial draws them
+        trials.append(LanguageModelTrial(config, variant, corpus, device, checkpoint, progress))
+    with matmul_precision(configs[0]["precision"]):
+        return train_language_models(trials, corpus, bar)
 
-    # Everything that must survive a kill lives in `run`; it is checkpointed after every epoch.
-    run = {"epoch": 0, "lr": config["lr"], "best_val": math.inf, "best_weights": None, "bad_epochs": 0,
-           "train_seconds": 0.0, "train_tokens": 0, "val_seconds": 0.0, "val_tokens": 0, "last_val": None,
-           "wall_before": 0.0, "session_start": time.perf_counter()}
-    run = _resume(checkpoint, model, optimizer, run, device, progress)
 
-    chunks_per_epoch = len(range(0, train.shape[0] - 1, bptt))
-    progress.start(chunks_per_epoch * (config["epochs"] - run["epoch"]))
-    for epoch in range(run["epoch"] + 1, config["epochs"] + 1):
-        if config["early_stopping_patience"] and run["bad_epochs"] >= config["early_stopping_patience"]:
-            break  # decided here, not after the checkpoint, so that a resumed trial stops too
-        for group in optimizer.param_groups:
-            group["lr"] = run["lr"]
-        model.train()
-        state = model.initial_state(batch, device)  # reset each epoch, carried across chunks
-        loss_sum, steps = torch.zeros((), device=device), 0
+class LanguageModelTrial:
+    """One language-model trial across its epochs: the model, its optimizer, the generator its
+    training masks come from, and `run`, everything a checkpoint carries."""
+
+    def __init__(self, config: dict, variant: Variant, corpus, device: torch.device, checkpoint: Optional[Path], progress: Progress):
+        self.config, self.variant, self.device, self.checkpoint, self.progress = config, variant, device, checkpoint, progress
+        self.model = LanguageModel(len(corpus.vocab), config["cell"], config["hidden_size"], config["num_layers"], variant,
+                                   embedding_size=config["embedding_size"] or None).to(device)
+        if config["init_scale"]:
+            self.model.init_uniform(config["init_scale"])
+        self.optimizer = _make_optimizer(self.model, config)
+        # the trial's own mask stream: the same draws alone or in a population
+        self.generator = torch.Generator(device).manual_seed(config["seed"])
+        self.valid = _limit(corpus.valid, config["valid_tokens"])
+        self.test = _limit(corpus.test, config["test_tokens"])
+        self.outcome: Optional[TrialOutcome] = None
+        run = {"epoch": 0, "lr": config["lr"], "best_val": math.inf, "best_weights": None, "bad_epochs": 0,
+               "train_seconds": 0.0, "train_tokens": 0, "val_seconds": 0.0, "val_tokens": 0, "last_val": None,
+               "wall_before": 0.0, "session_start": time.perf_counter()}
+        self.run = _resume(checkpoint, self.model, self.optimizer, run, device, progress, self.generator)
+
+    def wants_epoch(self) -> bool:
+        """Whether another epoch runs: epochs left and early stopping has not fired. Decided before
+        the epoch, not after the checkpoint, so that a resumed trial stops too."""
+        patience = self.config["early_stopping_patience"]
+        return self.outcome is None and self.run["epoch"] < self.config["epochs"] and not (patience and self.run["bad_epochs"] >= patience)
+
+    def end_epoch(self, loss_sum: float, steps: int, seconds: float):
+        """Validation, learning-rate schedule, early stopping and the checkpoint after an epoch of
+        `steps` time steps with summed per-step loss `loss_sum`, trained in `seconds`."""
+        config, run, clock = self.config, self.run, Clock(self.device)
+        epoch = run["epoch"] + 1
+        run["train_seconds"] += seconds
+        run["train_tokens"] += steps * config["batch_size"]
+        train_loss = loss_sum / steps
         started = clock.now()
-        for start in range(0, train.shape[0] - 1, bptt):
-            x = train[start : min(start + bptt, train.shape[0] - 1)]
-            y = train[start + 1 : start + 1 + x.shape[0]]
-            masks = model.draw_masks(config, x.shape[0], batch, device)
-            with autocast(config, device):
-                logits, state = model(x, _detach(state), masks)
-                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            (loss * x.shape[0]).backward()  # mean NLL per step, summed over the chunk's steps (paper §2)
-            if config["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
-            optimizer.step()
-            _decay_weights(model, config)
-            loss_sum += loss.detach() * x.shape[0]
-            steps += x.shape[0]
-            progress.tick()
-        run["train_seconds"] += clock.now() - started
-        run["train_tokens"] += steps * batch
-        train_loss = loss_sum.item() / steps
-        if not math.isfinite(train_loss):
-            return _diverged(epoch)
-
-        started = clock.now()
-        with autocast(config, device):
-            logprob, _ = lm_target_logprobs(model, valid, config["eval_batch_size"], bptt, device)
+        with autocast(config, self.device):
+            logprob, _ = lm_target_logprobs(self.model, self.valid, config["eval_batch_size"], config["bptt"], self.device)
         run["val_seconds"] += clock.now() - started
         run["val_tokens"] += logprob.size
         val_ppl = float(np.exp(-logprob.mean()))
-        if not math.isfinite(val_ppl):
-            return _diverged(epoch)
+        if not (math.isfinite(train_loss) and math.isfinite(val_ppl)):
+            self.outcome = _diverged(epoch)
+            return
         run["last_val"] = val_ppl
-        progress.on_epoch(epoch, {"lr": run["lr"], "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
-                                  "val_ppl": val_ppl, "train_wps": run["train_tokens"] / run["train_seconds"], "wall_s": run["train_seconds"]})
+        self.progress.on_epoch(epoch, {"lr": run["lr"], "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
+                                       "val_ppl": val_ppl, "train_wps": run["train_tokens"] / run["train_seconds"], "wall_s": run["train_seconds"]})
         if val_ppl < run["best_val"]:
             run["best_val"], run["bad_epochs"] = val_ppl, 0
             if config["early_stopping_patience"]:
-                run["best_weights"] = copy.deepcopy(model.state_dict())
+                run["best_weights"] = copy.deepcopy(self.model.state_dict())
         else:
             run["bad_epochs"] += 1
         if epoch > config["lr_decay_start"]:
             run["lr"] /= config["lr_decay"]
         run["epoch"] = epoch
-        _save_checkpoint(checkpoint, model, optimizer, run, device)
+        _save_checkpoint(self.checkpoint, self.model, self.optimizer, run, self.device, self.generator)
 
-    if run["best_weights"] is not None:  # early stopping reports the best validation epoch's model
-        model.load_state_dict(run["best_weights"])
-    metrics = {"epochs_run": run["epoch"], "val_ppl": run["best_val"] if config["early_stopping_patience"] else run["last_val"],
-               "train_wps": run["train_tokens"] / max(run["train_seconds"], 1e-9),
-               "eval_wps": run["val_tokens"] / max(run["val_seconds"], 1e-9)}
-    with autocast(config, device):
-        logprob, positions = lm_target_logprobs(model, test, config["test_batch_size"], bptt, device)
-    metrics["test_ppl"] = float(np.exp(-logprob.mean()))
-    losses = {"det": per_sentence(logprob, positions, test, corpus.eos_id)}
-    if config["mc_samples"]:
-        started = clock.now()
+    def finish(self, eos_id: int) -> TrialOutcome:
+        """Test perplexity, deterministic and MC, of the final (or, with early stopping, best) model."""
+        if self.outcome is not None:
+            return self.outcome
+        config, run, model, device = self.config, self.run, self.model, self.device
+        if run["best_weights"] is not None:
+            model.load_state_dict(run["best_weights"])
+        metrics = {"epochs_run": run["epoch"], "val_ppl": run["best_val"] if config["early_stopping_patience"] else run["last_val"],
+                   "train_wps": run["train_tokens"] / max(run["train_seconds"], 1e-9),
+                   "eval_wps": run["val_tokens"] / max(run["val_seconds"], 1e-9)}
         with autocast(config, device):
-            logprob, positions = lm_target_logprobs(model, test, config["test_batch_size"], bptt, device, config, config["mc_samples"])
-        metrics["mc_eval_wps"] = logprob.size * config["mc_samples"] / (clock.now() - started)
-        metrics["test_ppl_mc"] = float(np.exp(-logprob.mean()))
-        losses["mc"] = per_sentence(logprob, positions, test, corpus.eos_id)
-    metrics["wall_s"] = _wall_seconds(run)
-    return TrialOutcome("done", metrics, losses)
+            logprob, positions = lm_target_logprobs(model, self.test, config["test_batch_size"], config["bptt"], device)
+        metrics["test_ppl"] = float(np.exp(-logprob.mean()))
+        losses = {"det": per_sentence(logprob, positions, self.test, eos_id)}
+        if config["mc_samples"]:
+            clock = Clock(device)
+            started = clock.now()
+            generator = torch.Generator(device).manual_seed(config["seed"])
+            with autocast(config, device):
+                logprob, positions = lm_target_logprobs(model, self.test, config["test_batch_size"], config["bptt"], device, config,
+                                                        config["mc_samples"], generator=generator)
+            metrics["mc_eval_wps"] = logprob.size * config["mc_samples"] / (clock.now() - started)
+            metrics["test_ppl_mc"] = float(np.exp(-logprob.mean()))
+            losses["mc"] = per_sentence(logprob, positions, self.test, eos_id)
+        metrics["wall_s"] = _wall_seconds(run)
+        return TrialOutcome("done", metrics, losses)
+
+
+def train_language_models(trials: list[LanguageModelTrial], corpus, bar: Progress) -> list[TrialOutcome]:
+    """Epoch by epoch until every trial is done. The trials furthest behind (after a resume, some
+    may be an epoch ahead) train their next epoch together: alone through the model's own
+    forward, several as one population. Then each validates and checkpoints on its own."""
+    config, device = trials[0].config, trials[0].device
+    train = batchify(_limit(corpus.train, config["train_tokens"]), config["batch_size"]).to(device)
+    chunks_per_epoch = len(range(0, train.shape[0] - 1, config["bptt"]))
+    bar.start(chunks_per_epoch * max(t.config["epochs"] - t.run["epoch"] for t in trials))
+    while active := [t for t in trials if t.wants_epoch()]:
+        epoch = min(t.run["epoch"] for t in active)
+        group = [t for t in active if t.run["epoch"] == epoch]
+        clock = Clock(device)
+        started = clock.now()
+        if len(group) == 1:
+            results = [_train_epoch_alone(group[0], train, bar)]
+        else:
+            from .population import train_epoch_together
+            results = train_epoch_together(group, train, bar)
+        seconds = clock.now() - started
+        for trial, (loss_sum, steps) in zip(group, results):
+            trial.end_epoch(loss_sum, steps, seconds)
+    return [trial.finish(corpus.eos_id) for trial in trials]
+
+
+def _train_epoch_alone(trial: LanguageModelTrial, train: torch.Tensor, bar: Progress) -> tuple[float, int]:
+    """One epoch of truncated BPTT over `train` (N, B). Returns (summed per-step loss, steps)."""
+    config, model, optimizer, device = trial.config, trial.model, trial.optimizer, trial.device
+    bptt, batch = config["bptt"], config["batch_size"]
+    for group in optimizer.param_groups:
+        group["lr"] = trial.run["lr"]
+    model.train()
+    state = model.initial_state(batch, device)  # reset each epoch, carried across chunks
+    loss_sum, steps = torch.zeros((), device=device), 0
+    for start in range(0, train.shape[0] - 1, bptt):
+        x = train[start : min(start + bptt, train.shape[0] - 1)]
+        y = train[start + 1 : start + 1 + x.shape[0]]
+        masks = model.draw_masks(config, x.shape[0], batch, device, generator=trial.generator)
+        with autocast(config, device):
+            logits, state = model(x, _detach(state), masks)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        (loss * x.shape[0]).backward()  # mean NLL per step, summed over the chunk's steps (paper §2)
+        if config["max_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
+        optimizer.step()
+        _decay_weights(model, config)
+        loss_sum += loss.detach() * x.shape[0]
+        steps += x.shape[0]
+        bar.tick()
+    return loss_sum.item(), steps
 
 
 def _diverged(epoch: int) -> TrialOutcome:

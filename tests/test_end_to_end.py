@@ -127,3 +127,25 @@ def test_per_epoch_mc_monitoring_does_not_change_training(registry, data_dir):
     with_mc = run_trial(trial.config, registry["variational-tied"], data_dir)
     without = run_trial({**trial.config, "mc_samples_per_epoch": 0}, registry["variational-tied"], data_dir)
     assert with_mc.metrics["test_rmse"] == without.metrics["test_rmse"]
+
+
+def test_a_run_with_populations_records_what_the_trials_reach_alone(tmp_path, data_dir):
+    # lr 0.3: at the smoke suite's lr 1 a 16-unit model is chaotic enough that float32 rounding
+    # alone moves its perplexity by percents (float64: equal to the last digit, test_population.py)
+    results = {}
+    for population in ("1", "4"):
+        out = tmp_path / population
+        result = dropbench("run", "smoke", "--out", str(out), "--data-dir", str(data_dir), "--no-progress", "--set", "lr=0.3",
+                           "--population", population)
+        assert result.returncode == 0, result.stderr
+        results[population] = pd.read_csv(out / "results.csv").set_index("trial_id").sort_index()
+    alone, together = results["1"], results["4"]
+    assert (together["status"] == "done").all() and list(together.index) == list(alone.index)
+    for column in ("val_ppl", "test_ppl", "test_ppl_mc", "test_rmse"):
+        pd.testing.assert_series_equal(together[column], alone[column], rtol=1e-4)
+    assert len(pd.read_csv(tmp_path / "4" / "curves.csv")) == len(pd.read_csv(tmp_path / "1" / "curves.csv"))
+
+
+def test_population_size_below_one_is_refused(tmp_path, data_dir):
+    result = dropbench("run", "smoke", "--out", str(tmp_path), "--data-dir", str(data_dir), "--population", "0")
+    assert result.returncode == 2 and "--population must be at least 1" in result.stderr
