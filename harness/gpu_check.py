@@ -14,7 +14,8 @@ when the time budget left cannot hold it, so that one call always ends with a ta
    does on CUDA), printed beside the paper's numbers;
 5. precision: the same weights evaluated in fp32, TF32 and bf16, and one epoch trained in each
    beside fp32's seed-to-seed spread (the 0.5% question);
-6. `dropbench bench` at large.
+6. `dropbench bench` at large;
+7. the four moon-emb cells of the medium suite trained alone and as one population.
 Everything also lands in OUT/gpu_check.json. Record what it prints in docs/perf.md.
 """
 
@@ -44,7 +45,7 @@ from .evaluate import lm_target_logprobs
 from .lstm_kernel import MaskedLSTM
 from .masks import ChunkMasks, LayerMasks
 from .models import LanguageModel
-from .population import Population
+from .population import Population, train_step
 from .train import LanguageModelTrial, Progress, autocast, matmul_precision, run_trial, train_language_models
 
 PROBABILITIES = {"p_embedding": 0.3, "p_input": 0.5, "p_recurrent": 0.3, "p_cell": 0.25, "p_output": 0.5}
@@ -233,12 +234,14 @@ def _synchronised(device: torch.device, started: float) -> float:
 
 
 def check_population(device: torch.device, hidden: int) -> list[dict]:
-    """Logits of one population of every variant on the device against each member's own
-    forward pass in float64 on the CPU, with the same weights and masks."""
+    """One population of every variant on the device against each member alone in float64 on
+    the CPU, with the same weights and masks: the logits, and the gradients (one SGD step with
+    lr 1 and no clipping moves each parameter by minus its gradient)."""
     registry = load_registry()
     torch.manual_seed(7)
     references = [LanguageModel(1000, "lstm", hidden, 2, variant).double() for variant in registry.values()]
-    tokens = torch.randint(0, 1000, (35, 8))
+    tokens = torch.randint(0, 1000, (36, 8))
+    x, y = tokens[:-1], tokens[1:]
     masks = [model.draw_masks(PROBABILITIES, 35, 8, "cpu") for model in references]
     members = []
     for reference in references:
@@ -246,13 +249,43 @@ def check_population(device: torch.device, hidden: int) -> list[dict]:
         member.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
         members.append(member)
     population = Population(members)
+    before = {name: param.detach().clone() for name, param in population.params.items()}
     with torch.no_grad():
-        logits, _ = population.forward(tokens.to(device), population.initial_state(8), [_cast(m, torch.float32, device) for m in masks])
-        rows = []
-        for k, (name, reference) in enumerate(zip(registry, references)):
-            expected, _ = reference(tokens, reference.initial_state(8), _cast(masks[k], torch.float64, "cpu"))
-            rows.append({"variant": name, "logits_rel_error": relative_error(logits[k], expected.flatten(0, 1))})
+        logits, _ = population.forward(x.to(device), population.initial_state(8), [_cast(m, torch.float32, device) for m in masks])
+    ones = torch.ones(len(members), device=device)
+    train_step(population, x.to(device), y.to(device), [_cast(m, torch.float32, device) for m in masks], population.initial_state(8),
+               ones, ones * float("inf"), ones)
+    rows = []
+    for k, (name, reference) in enumerate(zip(registry, references)):
+        expected, _ = reference(x, reference.initial_state(8), _cast(masks[k], torch.float64, "cpu"))
+        loss = torch.nn.functional.cross_entropy(expected.flatten(0, 1), y.flatten()) * x.shape[0]
+        reference.zero_grad()
+        loss.backward()
+        grads = torch.cat([(before[n][k] - population.params[n][k].detach()).flatten().double().cpu() for n in population.names])
+        expected_grads = torch.cat([reference.get_parameter(n).grad.flatten() for n in population.names])
+        rows.append({"variant": name, "logits_rel_error": relative_error(logits[k], expected.flatten(0, 1)),
+                     "grad_rel_error": relative_error(grads, expected_grads)})
     return rows
+
+
+def alone_and_together(device: str, tokens: int, tiny: bool) -> dict:
+    """The four moon-emb cells of paper-ptb-medium, one epoch on a `tokens` prefix, trained alone
+    and as one population through `dropbench run`: status and validation perplexity of each."""
+    sets = {"epochs": 1, "train_tokens": tokens, "mc_samples": 0, "test_tokens": 2000}
+    if tiny:
+        sets.update(hidden_size=32, valid_tokens=300, test_tokens=100)
+    import pandas as pd
+
+    results = {}
+    for population in (1, 4):
+        folder = Path(tempfile.mkdtemp(prefix=f"population-{population}-"))
+        command = [sys.executable, "-m", "dropbench.harness.cli", "run", "paper-ptb-medium", "--seeds", "1", "--only", "moon-emb",
+                   "--device", device, "--out", str(folder), "--no-progress", "--population", str(population)]
+        subprocess.run(command + [a for key, value in sets.items() for a in ("--set", f"{key}={value}")], check=True)
+        results[population] = pd.read_csv(folder / "results.csv").set_index("grid_cell")
+    table = pd.DataFrame({"alone": results[1]["status"], "alone_val_ppl": results[1]["val_ppl"],
+                          "population": results[4]["status"], "population_val_ppl": results[4]["val_ppl"]})
+    return {"settings": sets, "table": table.to_string(float_format=lambda v: f"{v:.2f}")}
 
 
 def print_bench(result: dict, label: str):
@@ -272,6 +305,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-check"))
     parser.add_argument("--budget", type=float, default=420, help="seconds this call may take in all")
     parser.add_argument("--tiny", action="store_true", help="small sizes, for a rehearsal on a CPU")
+    parser.add_argument("--sections", help="comma-separated section numbers to run (e.g. 1b,7); default all")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget
     out = Path(args.out)
@@ -285,6 +319,8 @@ def main(argv=None):
     registry = load_registry()
 
     def section(title: str, needs: float, work):
+        if not section_wanted(title):
+            return None
         left = deadline - time.monotonic()
         if left < needs:
             print(f"\n{title}: skipped, {left:.0f} s left of the budget, needs about {needs:.0f}", flush=True)
@@ -340,8 +376,17 @@ def main(argv=None):
     def population(left):
         rows = check_population(device, 16 if args.tiny else 256)
         for row in rows:
-            print(f"  {row['variant']:<20} population logits {row['logits_rel_error']:.1e}")
+            print(f"  {row['variant']:<20} population logits {row['logits_rel_error']:.1e}  grads {row['grad_rel_error']:.1e}")
         return rows
+
+    def alone_together(left):
+        result = alone_and_together(args.device, 1000 if args.tiny else 135_000, args.tiny)
+        print(f"  settings {result['settings']}")
+        print(result["table"])
+        return result
+
+    def section_wanted(title):
+        return not args.sections or title.split(".")[0] in args.sections.split(",")
 
     section("1. against float64 on the CPU (relative error, ‖x − ref‖ / ‖ref‖)", 10, correctness)
     section("1b. a population of every variant against each member alone in float64", 10, population)
@@ -350,6 +395,7 @@ def main(argv=None):
     section("4. shortened paper-ptb-medium, 1 seed", 60, suite)
     section("5. precision: the same weights evaluated, and one epoch trained, in fp32, TF32 and bf16", 40, precision)
     section("6. bench large", 30, bench("large", 1 if args.tiny else 2))
+    section("7. moon-emb cells alone and as one population (float32)", 60, alone_together)
 
 
 if __name__ == "__main__":

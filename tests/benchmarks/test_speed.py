@@ -13,6 +13,7 @@ import torch
 from dropbench.harness.cell import RecurrentLayer
 from dropbench.harness.evaluate import lm_target_logprobs
 from dropbench.harness.models import LanguageModel
+from dropbench.harness.population import Population, train_step
 from dropbench.variants import load_registry
 
 REGISTRY = load_registry()
@@ -43,3 +44,19 @@ def test_mc_evaluation(benchmark, samples):
     model = LanguageModel(10000, "lstm", HIDDEN, 1, REGISTRY["variational-tied"])
     stream = torch.randint(0, 10000, (500,))
     benchmark(lambda: lm_target_logprobs(model, stream, 1, STEPS, "cpu", PROBABILITIES, samples))
+
+
+@pytest.mark.parametrize("models", [1, 2, 4, 8])
+def test_population_train_step(benchmark, models):
+    """One SGD step of S 1x200 variational LMs trained as one population; divide by S for the cost per model."""
+    torch.manual_seed(0)
+    members = [LanguageModel(10000, "lstm", HIDDEN, 1, REGISTRY["variational-tied"]) for _ in range(models)]
+    population = Population(members)
+    tokens = torch.randint(0, 10000, (STEPS + 1, BATCH))
+    ones = torch.ones(models)
+
+    def step():
+        masks = [member.draw_masks(PROBABILITIES, STEPS, BATCH, "cpu") for member in members]
+        train_step(population, tokens[:-1], tokens[1:], masks, population.initial_state(BATCH), ones * 0.1, ones * 5.0, ones)
+
+    benchmark(step)
