@@ -26,6 +26,7 @@ def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
     sigmoid(o), cells (T+1, [S,] B, H) with cells[0] = c0, and tanh_c (T, [S,] B, H)."""
     steps, *rows, width = x_proj.shape
     hidden = width // 4
+    x_proj = x_proj + bias.unsqueeze(-2)  # b_hh once per chunk: one fused product per step below
     out = x_proj.new_empty(steps, *rows, hidden)
     acts = x_proj.new_empty(steps, *rows, width)
     cells = x_proj.new_empty(steps + 1, *rows, hidden)
@@ -33,42 +34,43 @@ def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
     cells[0] = c0
     h = h0
     for t in range(steps):
-        pre = project_hidden(h, weight, bias, step_mask(z_h, t)).add_(x_proj[t])
+        pre = project_hidden(h, weight, x_proj[t], step_mask(z_h, t))
         a = acts[t]
         torch.sigmoid(pre, out=a)
         torch.tanh(pre[..., 2 * hidden : 3 * hidden], out=a[..., 2 * hidden : 3 * hidden])
         i, f, g, o = a.chunk(4, -1)
-        c = torch.addcmul(f * cells[t], i, g)
+        c = torch.addcmul(f * cells[t], i, g, out=cells[t + 1])
         if z_c is not None:
             c.mul_(step_mask(z_c, t))
-        cells[t + 1] = c
         torch.tanh(c, out=tanh_c[t])
-        torch.mul(o, tanh_c[t], out=out[t])
-        h = out[t]
+        h = torch.mul(o, tanh_c[t], out=out[t])
     return out, acts, cells, tanh_c
 
 
 def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
     """Gradients through the T steps, last to first. d_out (T, [S,] B, H); dh, dc ([S,] B, H)
     arriving from after the chunk. Returns d_pre (T, [S,] B, 4H) (the gradient of every gate's
-    pre-activation), and dh, dc of the initial state."""
+    pre-activation), and dh, dc of the initial state. What does not depend on the gradient flowing
+    back is computed for all steps at once, leaving few small kernels per step."""
+    hidden = acts.shape[-1] // 4
     untied = z_h is not None and z_h.shape[-3] > 1
     per_gate = weight.unflatten(-2, (4, -1))  # ([S,] 4, H, H)
+    i, f, g, o = acts.chunk(4, -1)
+    slope = acts * (1 - acts)  # sigmoid' for i, f, o ...
+    torch.mul(g, g, out=slope[..., 2 * hidden : 3 * hidden]).neg_().add_(1)  # ... and tanh' for g
+    o_tanh_slope = o * (1 - tanh_c * tanh_c)  # d h_t / d c_t
+    partner = torch.cat([g, cells[:-1], i], -1).unflatten(-1, (3, hidden))  # d c_t / d (i, f, g): g, c_{t-1}, i
     d_pre = torch.empty_like(acts)
     for t in range(acts.shape[0] - 1, -1, -1):
         dh_t = dh + d_out[t]
-        i, f, g, o = acts[t].chunk(4, -1)
-        tc = tanh_c[t]
-        dc_t = torch.addcmul(dc, dh_t * o, 1 - tc * tc)
+        dc_t = torch.addcmul(dc, dh_t, o_tanh_slope[t])
         if z_c is not None:
             dc_t.mul_(step_mask(z_c, t))
         dp = d_pre[t]
-        di, df, dg, do = dp.chunk(4, -1)
-        torch.mul(dc_t * g, i * (1 - i), out=di)
-        torch.mul(dc_t * cells[t], f * (1 - f), out=df)
-        torch.mul(dc_t * i, 1 - g * g, out=dg)
-        torch.mul(dh_t * tc, o * (1 - o), out=do)
-        dc = dc_t * f
+        torch.mul(partner[t], dc_t.unsqueeze(-2), out=dp[..., : 3 * hidden].unflatten(-1, (3, hidden)))
+        torch.mul(dh_t, tanh_c[t], out=dp[..., 3 * hidden :])
+        dp.mul_(slope[t])
+        dc = dc_t * f[t]
         z = step_mask(z_h, t)
         if untied:  # d h = sum_k (dp_k W_k) * z_k
             dh = (torch.matmul(dp.unflatten(-1, (4, -1)).transpose(-3, -2), per_gate) * z).sum(-3)

@@ -30,15 +30,17 @@ def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ma
     return out.flatten(-2) + bias.unsqueeze(-2)
 
 
-def project_hidden(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """h: ([S,] B, H), mask: None or ([S,] G|1, B, H). Returns ([S,] B, G*H), gate k using its own mask of h."""
+def project_hidden(h: torch.Tensor, weight: torch.Tensor, base: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """h: ([S,] B, H), mask: None or ([S,] G|1, B, H), base broadcastable to ([S,] B, G*H): the
+    bias, or this step's input projection with the bias already in it. Returns base + mask(h) W^T,
+    gate k using its own mask of h; one fused product where the mask is tied."""
     if mask is not None and mask.shape[-3] == 1:
         h, mask = h * mask.select(-3, 0), None
     if mask is None:
         if weight.dim() == 2:
-            return torch.nn.functional.linear(h, weight, bias)
-        return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            return torch.addmm(base, h, weight.t())
+        return torch.baddbmm(base, h, weight.transpose(1, 2))
     gates = mask.shape[-3]
     per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2)  # ([S,] G, H_in, H_out)
-    out = torch.matmul(h.unsqueeze(-3) * mask, per_gate) + bias.unflatten(-1, (gates, 1, -1))  # ([S,] G, B, H)
-    return out.transpose(-3, -2).flatten(-2)
+    out = torch.matmul(h.unsqueeze(-3) * mask, per_gate)  # ([S,] G, B, H)
+    return out.transpose(-3, -2).flatten(-2) + base
