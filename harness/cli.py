@@ -77,7 +77,7 @@ def cmd_variants(args) -> int:
 
 def cmd_suites(args) -> int:
     from .config import expand, load_suite, suite_names
-    from .cost import ASSUMED_GPU_FLOPS, measure_cpu_flops, trial_cost
+    from .cost import GPU_FLOPS, GPU_RATE_SOURCE, measure_cpu_flops, trial_cost
 
     registry = _registry(args.plugin)
     cpu_flops = measure_cpu_flops()
@@ -90,8 +90,8 @@ def cmd_suites(args) -> int:
             steps, operations = trial_cost(trial.config)
             token_steps, flops = token_steps + steps, flops + operations
         rows.append({"name": suite.name, "description": suite.description, "trials": len(trials), "token_steps": token_steps,
-                     "flops": flops, "cpu_hours": flops / cpu_flops / 3600, "gpu_hours": flops / ASSUMED_GPU_FLOPS / 3600})
-    rates = {"cpu_flops_measured": cpu_flops, "gpu_flops_assumed": ASSUMED_GPU_FLOPS}
+                     "flops": flops, "cpu_hours": flops / cpu_flops / 3600, "gpu_hours": flops / GPU_FLOPS / 3600})
+    rates = {"cpu_flops_measured": cpu_flops, "gpu_flops": GPU_FLOPS, "gpu_rate_source": GPU_RATE_SOURCE}
     if args.json:
         print(json.dumps({"suites": rows, "rates": rates}, indent=2))
         return 0
@@ -99,7 +99,7 @@ def cmd_suites(args) -> int:
     print(f"{'suite':<{width}}  trials  token-steps  CPU hours  GPU hours  description")
     for r in rows:
         print(f"{r['name']:<{width}}  {r['trials']:>6}  {r['token_steps']:>11.3g}  {r['cpu_hours']:>9.2f}  {r['gpu_hours']:>9.3f}  {r['description']}")
-    print(f"CPU: {cpu_flops / 1e9:.0f} GFLOP/s measured now (2x200 LSTM training); GPU: {ASSUMED_GPU_FLOPS / 1e12:.0f} TFLOP/s assumed for one H100, not measured")
+    print(f"CPU: {cpu_flops / 1e9:.0f} GFLOP/s measured now (2x200 LSTM training); GPU: {GPU_FLOPS / 1e12:.1f} TFLOP/s {GPU_RATE_SOURCE}")
     return 0
 
 

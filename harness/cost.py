@@ -19,9 +19,11 @@ SENTIMENT_SEGMENTS = {"train": 10_599, "test": 2_650}
 SENTIMENT_TOKENS_PER_SEGMENT = 200
 SENTIMENT_VOCAB = 20_000
 
-# No GPU is measured from here: this is an assumed sustained rate for one H100 running these
-# models in float32/TF32 (about a tenth of its dense TF32 peak, since RNN steps are small matmuls).
-ASSUMED_GPU_FLOPS = 50e12
+# Sustained training rate dropbench reached on one GPU, with its defaults there (float32,
+# populations of 8): 182,340 words/s in all for 8 variational-tied 2x650 models on an NVIDIA H200,
+# 2026-11-26 (docs/perf.md), at 3 x 26.52 MFLOP per token. Not re-measured by `dropbench suites`.
+GPU_FLOPS = 182_340 * 3 * 26.52e6
+GPU_RATE_SOURCE = "measured on an H200 on 2026-11-26 (population of 8, 2x650, float32; docs/perf.md)"
 
 
 def forward_flops_per_token(config: dict) -> float:
