@@ -44,7 +44,3 @@ def replay(name: str, fn: Callable[..., Tensors], *tensors: Optional[torch.Tenso
     graph.replay()
     return tuple(out.clone() for out in outputs)
 
-
-def clear():
-    """Drop every captured graph and its memory."""
-    _captured.clear()
