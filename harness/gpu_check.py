@@ -15,7 +15,8 @@ when the time budget left cannot hold it, so that one call always ends with a ta
 5. precision: the same weights evaluated in fp32, TF32 and bf16, and one epoch trained in each
    beside fp32's seed-to-seed spread (the 0.5% question);
 6. `dropbench bench` at large;
-7. the four moon-emb cells of the medium suite trained alone and as one population.
+7. the four moon-emb cells of the medium suite trained alone and as one population;
+8. the cost of 1000 MC samples over the whole PTB test set, in deterministic passes.
 Everything also lands in OUT/gpu_check.json. Record what it prints in docs/perf.md.
 """
 
@@ -288,6 +289,26 @@ def alone_and_together(device: str, tokens: int, tiny: bool) -> dict:
     return {"settings": sets, "table": table.to_string(float_format=lambda v: f"{v:.2f}")}
 
 
+def mc_cost_on_test_set(device: torch.device, samples: int, tiny: bool) -> dict:
+    """Seconds of one deterministic pass and of MC with `samples` samples over the whole PTB test
+    set read as one stream (the paper's protocol), for a variational-tied medium model."""
+    corpus = load_ptb(resolve_data_dir(None))
+    test = corpus.test[:300] if tiny else corpus.test
+    variant = load_registry()["variational-tied"]
+    torch.manual_seed(0)
+    model = LanguageModel(len(corpus.vocab), "lstm", 32 if tiny else 650, 2, variant).to(device)
+    config = {f"p_{slot}": p for slot, p in variant.p.items()}
+    lm_target_logprobs(model, test[:2000], 1, 35, device, config, 4)  # warm-up: graph captures
+    started = time.perf_counter()
+    lm_target_logprobs(model, test, 1, 35, device)
+    deterministic = _synchronised(device, started)
+    started = time.perf_counter()
+    lm_target_logprobs(model, test, 1, 35, device, config, samples, generator=torch.Generator(device).manual_seed(0))
+    monte_carlo = _synchronised(device, started)
+    return {"tokens": len(test), "samples": samples, "deterministic_s": deterministic, "mc_s": monte_carlo,
+            "mc_cost_in_deterministic_passes": monte_carlo / deterministic}
+
+
 def print_bench(result: dict, label: str):
     print(f"{label} ({result['hidden_size']}x{result['num_layers']}, batch {result['batch_size']}, BPTT {result['bptt']}); "
           f"matmul peak {result['matmul_peak_flops'] / 1e12:.2f} TFLOP/s")
@@ -385,6 +406,12 @@ def main(argv=None):
         print(result["table"])
         return result
 
+    def mc_cost(left):
+        result = mc_cost_on_test_set(device, 8 if args.tiny else 1000, args.tiny)
+        print(f"  {result['tokens']} test tokens, one stream: deterministic {result['deterministic_s']:.1f} s, "
+              f"MC with {result['samples']} samples {result['mc_s']:.1f} s = {result['mc_cost_in_deterministic_passes']:.1f} deterministic passes")
+        return result
+
     def section_wanted(title):
         return not args.sections or title.split(".")[0] in args.sections.split(",")
 
@@ -396,6 +423,7 @@ def main(argv=None):
     section("5. precision: the same weights evaluated, and one epoch trained, in fp32, TF32 and bf16", 40, precision)
     section("6. bench large", 30, bench("large", 1 if args.tiny else 2))
     section("7. moon-emb cells alone and as one population (float32)", 60, alone_together)
+    section("8. MC cost over the whole PTB test set, one stream, 1000 samples (medium, float32)", 60, mc_cost)
 
 
 if __name__ == "__main__":
