@@ -16,14 +16,13 @@ seeds the multi-seed groups get.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from dropbench.harness.config import TASK_DEFAULTS, trial_id
 from dropbench.harness.store import ResultStore
 
 EVIL = "<script>alert(1)</script>"
@@ -32,29 +31,6 @@ SENTENCES = 60
 SEGMENTS = 40
 # variant -> (perplexity level, train words/s)
 PTB_VARIANTS = {"none": (120.0, 5500.0), "variational-tied": (95.0, 4700.0), EVIL: (105.0, 3000.0), "moon": (110.0, 4800.0)}
-
-
-# A full resolved config of each task, copied from harness/config.py TASK_DEFAULTS (the report only
-# reads task, variant, seed, cell, hidden_size, num_layers, p_*, mc_samples and device from it).
-_COMMON = {
-    "task": "ptb", "variant": "none", "cell": "lstm", "seed": 1, "device": "cpu",
-    "hidden_size": 200, "embedding_size": 0, "num_layers": 2, "bptt": 35, "batch_size": 20, "epochs": 13,
-    "lr": 1.0, "lr_decay": 2.0, "lr_decay_start": 4, "max_grad_norm": 5.0, "init_scale": 0.1,
-    "weight_decay": 0.0, "optimizer": "sgd", "mc_samples": 0,
-    "p_embedding": 0.0, "p_input": 0.0, "p_recurrent": 0.0, "p_cell": 0.0, "p_output": 0.0,
-}
-TASK_DEFAULTS = {
-    "ptb": {**_COMMON, "eval_batch_size": 20, "test_batch_size": 1, "early_stopping_patience": 3,
-            "train_tokens": 0, "valid_tokens": 0, "test_tokens": 0},
-    "sentiment": {**_COMMON, "task": "sentiment", "hidden_size": 128, "embedding_size": 128, "num_layers": 1,
-                  "bptt": 200, "batch_size": 128, "epochs": 20, "lr": 0.001, "lr_decay": 1.0, "lr_decay_start": 0,
-                  "max_grad_norm": 0.0, "init_scale": 0.0, "weight_decay": 1e-6, "optimizer": "adam",
-                  "mc_samples_per_epoch": 0, "train_segments": 0, "test_segments": 0},
-}
-
-
-def trial_id(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _rng(*key) -> np.random.Generator:
