@@ -88,7 +88,7 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
     models = {name: LanguageModel(PTB_VOCAB, "lstm", hidden, layers, variant).to(device) for name, variant in registry.items()}
     models[BASELINE] = BaselineLM(hidden, layers).to(device)
 
-    def train_step(name):
+    def train_alone(name):
         model = models[name]
         if name == BASELINE:
             logits = model(x)
@@ -114,7 +114,7 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
     train, evaluation = {name: [] for name in models}, {name: [] for name in models}
     for _ in range(rounds):
         for name in models:
-            train[name].append(BATCH * STEPS / _timed(device, lambda: train_step(name), repeats))
+            train[name].append(BATCH * STEPS / _timed(device, lambda: train_alone(name), repeats))
             evaluation[name].append(BATCH * STEPS / _timed(device, lambda: eval_step(name), repeats))
             if progress:
                 progress()
@@ -159,12 +159,12 @@ def population_throughput(registry: dict, device: torch.device, hidden: int, lay
     for size in sizes:
         members = [LanguageModel(PTB_VOCAB, "lstm", hidden, layers, variant).to(device) for _ in range(size)]
         per_member = torch.ones(size, device=device)
-        setups[size] = (Population(members), per_member * 0.01, per_member * 5.0, per_member)
+        setups[size] = (Population(members), per_member * 0.01, per_member * 5.0)
 
     def step(size):
-        population, lr, max_norm, keep = setups[size]
+        population, lr, max_norm = setups[size]
         masks = [member.draw_masks(config, STEPS, BATCH, device) for member in population.members]
-        train_step(population, x, y, masks, population.initial_state(BATCH), lr, max_norm, keep)
+        train_step(population, x, y, masks, population.initial_state(BATCH), lr, max_norm)
 
     wps = {size: [] for size in sizes}
     for _ in range(rounds):

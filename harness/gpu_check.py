@@ -47,7 +47,8 @@ from .lstm_kernel import MaskedLSTM
 from .masks import ChunkMasks, LayerMasks
 from .models import LanguageModel
 from .population import Population, train_step
-from .train import LanguageModelTrial, Progress, autocast, matmul_precision, run_trial, train_language_models
+from .precision import autocast, matmul_precision
+from .train import LanguageModelTrial, Progress, run_trial, train_language_models
 
 PROBABILITIES = {"p_embedding": 0.3, "p_input": 0.5, "p_recurrent": 0.3, "p_cell": 0.25, "p_output": 0.5}
 PTB_TRAIN_TOKENS = 929_589
@@ -255,7 +256,7 @@ def check_population(device: torch.device, hidden: int) -> list[dict]:
         logits, _ = population.forward(x.to(device), population.initial_state(8), [_cast(m, torch.float32, device) for m in masks])
     ones = torch.ones(len(members), device=device)
     train_step(population, x.to(device), y.to(device), [_cast(m, torch.float32, device) for m in masks], population.initial_state(8),
-               ones, ones * float("inf"), ones)
+               ones, ones * float("inf"))
     rows = []
     for k, (name, reference) in enumerate(zip(registry, references)):
         expected, _ = reference(x, reference.initial_state(8), _cast(masks[k], torch.float64, "cpu"))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .lstm_kernel import masked_lstm
 from .masks import ChunkMasks
+from .precision import autocast
 from .projections import project_inputs
 
 # Everything that fixes a model's shape, its training data stream and its arithmetic.
@@ -99,9 +100,10 @@ def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(population: Population, x: torch.Tensor, y: torch.Tensor, masks: list[ChunkMasks], state: list[tuple],
-               lr: torch.Tensor, max_norm: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, list[tuple]]:
+               lr: torch.Tensor, max_norm: torch.Tensor, keep: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[tuple]]:
     """One SGD step of every member on the chunk x -> y (T, B). lr, max_norm (inf: no clipping) and
-    keep (1 - decoupled weight decay) are (S,). Returns the members' mean losses (S,) and the new state."""
+    keep (1 - decoupled weight decay; None: no member decays) are (S,). Returns the members' mean
+    losses (S,) and the new state."""
     params = [population.params[name] for name in population.names]
     logits, state = population.forward(x, [(h.detach(), c.detach()) for h, c in state], masks)
     members = len(population.members)
@@ -112,16 +114,15 @@ def train_step(population: Population, x: torch.Tensor, y: torch.Tensor, masks: 
         norm = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
         step = (max_norm / (norm + 1e-6)).clamp(max=1.0) * lr
         for param, grad in zip(params, grads):
-            param.sub_(grad * _per_member(step, grad))
-            param.mul_(_per_member(keep, param))
+            param.addcmul_(grad, _per_member(step, grad), value=-1)
+            if keep is not None:
+                param.mul_(_per_member(keep, param))
     return losses.detach(), state
 
 
 def train_epoch_together(trials: list, train: torch.Tensor, bar) -> list[tuple[float, int]]:
     """One epoch of truncated BPTT over `train` (N, B) for every trial (`train.LanguageModelTrial`)
     at once. Returns, per trial, (summed per-step loss, steps), as an epoch alone would."""
-    from .train import autocast
-
     config, device = trials[0].config, trials[0].device
     bptt, batch = config["bptt"], config["batch_size"]
     population = Population([t.model for t in trials])
@@ -131,7 +132,8 @@ def train_epoch_together(trials: list, train: torch.Tensor, bar) -> list[tuple[f
 
     lr = per_member([t.run["lr"] for t in trials])
     max_norm = per_member([t.config["max_grad_norm"] or float("inf") for t in trials])
-    keep = per_member([1.0 - t.config["weight_decay"] for t in trials])  # decoupled decay, not scaled by lr
+    decays = any(t.config["weight_decay"] for t in trials)  # decoupled decay, not scaled by lr
+    keep = per_member([1.0 - t.config["weight_decay"] for t in trials]) if decays else None
     state = population.initial_state(batch)
     loss_sum, steps = torch.zeros(len(trials), device=device), 0
     for start in range(0, train.shape[0] - 1, bptt):

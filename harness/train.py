@@ -8,7 +8,6 @@ from its last finished epoch and ends with the same numbers as an uninterrupted 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -28,6 +27,8 @@ from .data import load_ptb, load_sentiment
 from .errors import DropbenchError
 from .evaluate import batchify, lm_target_logprobs, per_sentence, sentiment_predictions
 from .models import LanguageModel, SentimentRegressor
+from .population import train_epoch_together
+from .precision import autocast, matmul_precision
 
 
 # Rows per evaluation forward pass of the sentiment model (MC copies included).
@@ -133,27 +134,6 @@ def _resume(path: Optional[Path], model, optimizer, run: dict, device, progress,
 def _wall_seconds(run: dict) -> float:
     """Wall time of the trial so far, across restarts."""
     return run["wall_before"] + time.perf_counter() - run["session_start"]
-
-
-@contextlib.contextmanager
-def matmul_precision(name: str):
-    """For the trial: fp32 and bf16 keep float32 matrix products exact (PyTorch's cuDNN default
-    would use TF32); tf32 lets CUDA run them in TF32 (10-bit mantissa). Nothing changes on a CPU."""
-    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("high" if name == "tf32" else "highest")
-    torch.backends.cudnn.allow_tf32 = name == "tf32"
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cudnn.allow_tf32 = saved[1]
-
-
-def autocast(config: dict, device: torch.device):
-    """bf16: the forward pass's matrix products in bfloat16; losses, softmax and the LSTM cell state
-    stay float32 (`cell.py`). Entered per forward pass, never around an optimizer step: autocast
-    caches its bfloat16 copies of the weights until the context exits."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16")
 
 
 def run_trial(config: dict, variant: Variant, data_dir: Path, checkpoint: Optional[Path] = None, progress: Optional[Progress] = None) -> TrialOutcome:
@@ -284,7 +264,6 @@ def train_language_models(trials: list[LanguageModelTrial], corpus, bar: Progres
         if len(group) == 1:
             results = [_train_epoch_alone(group[0], train, bar)]
         else:
-            from .population import train_epoch_together
             results = train_epoch_together(group, train, bar)
         seconds = clock.now() - started
         for trial, (loss_sum, steps) in zip(group, results):

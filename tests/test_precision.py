@@ -6,7 +6,8 @@ import torch
 
 from dropbench.harness.config import TASK_DEFAULTS
 from dropbench.harness.models import LanguageModel
-from dropbench.harness.train import autocast, run_trial
+from dropbench.harness.precision import autocast
+from dropbench.harness.train import run_trial
 
 TINY = {**TASK_DEFAULTS["ptb"], "device": "cpu", "hidden_size": 32, "epochs": 1, "train_tokens": 3000,
         "valid_tokens": 300, "test_tokens": 100, "init_scale": 0.05}

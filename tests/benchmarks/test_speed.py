@@ -57,6 +57,6 @@ def test_population_train_step(benchmark, models):
 
     def step():
         masks = [member.draw_masks(PROBABILITIES, STEPS, BATCH, "cpu") for member in members]
-        train_step(population, tokens[:-1], tokens[1:], masks, population.initial_state(BATCH), ones * 0.1, ones * 5.0, ones)
+        train_step(population, tokens[:-1], tokens[1:], masks, population.initial_state(BATCH), ones * 0.1, ones * 5.0)
 
     benchmark(step)
