@@ -24,10 +24,13 @@ def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ma
         steps, models, batch, _ = x.shape  # one (T*B, I) x (I, G*H) product per model
         out = torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1).reshape(models, steps * batch, -1), weight.transpose(1, 2))
         return out.view(models, steps, batch, -1).transpose(0, 1)
-    gates = mask.shape[-3]
-    per_gate = weight.unflatten(-2, (gates, -1))  # ([S,] G, H, I)
-    out = torch.einsum("t...gbi,...ghi->t...bgh", x.unsqueeze(-3) * mask, per_gate)
-    return out.flatten(-2) + bias.unsqueeze(-2)
+    gates, steps, batch = mask.shape[-3], x.shape[0], x.shape[-2]
+    # Masked copies laid out ([S,] G, T, B, I), so that each gate's product is one (T*B, I) x (I, H)
+    # slice of a single batched product, with no copy before it.
+    masked = torch.mul(x.movedim(0, -3).unsqueeze(-4), mask.movedim(0, -3)).contiguous()
+    per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2)  # ([S,] G, I, H)
+    out = torch.matmul(masked.flatten(-3, -2), per_gate) + bias.unflatten(-1, (gates, 1, -1))  # ([S,] G, T*B, H)
+    return out.unflatten(-2, (steps, batch)).movedim(-3, 0).movedim(-3, -2).flatten(-2)
 
 
 def project_hidden(h: torch.Tensor, weight: torch.Tensor, base: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
