@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cuda_graphs
+from . import cuda_graphs, lstm_cpu
 from .masks import step_mask
 from .projections import project_hidden
 
@@ -81,18 +81,23 @@ def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
     return d_pre, dh, dc
 
 
-def _run(name, fn, *tensors):
-    if MaskedLSTM.use_cuda_graphs and tensors[0].is_cuda and not torch.cuda.is_current_stream_capturing():
-        return cuda_graphs.replay(name, fn, *tensors)
+def _run(name, fn, compiled_fn, *tensors):
+    """fn on the tensors: replayed as a CUDA graph on a GPU, the compiled loop on a CPU."""
+    if tensors[0].is_cuda:
+        if MaskedLSTM.use_cuda_graphs and not torch.cuda.is_current_stream_capturing():
+            return cuda_graphs.replay(name, fn, *tensors)
+    elif MaskedLSTM.use_compiled_cpu and lstm_cpu.available():
+        return compiled_fn(*tensors)
     return fn(*tensors)
 
 
 class MaskedLSTM(torch.autograd.Function):
     use_cuda_graphs = True
+    use_compiled_cpu = True
 
     @staticmethod
     def forward(ctx, x_proj, h0, c0, weight, bias, z_h, z_c):
-        out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, x_proj, h0, c0, weight, bias, z_h, z_c)
+        out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, lstm_cpu.forward_steps, x_proj, h0, c0, weight, bias, z_h, z_c)
         ctx.save_for_backward(h0, weight, out, acts, cells, tanh_c, z_h, z_c)
         return out, out[-1].clone(), cells[-1].clone()
 
@@ -102,7 +107,7 @@ class MaskedLSTM(torch.autograd.Function):
         d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
         d_h = torch.zeros_like(h0) if d_h is None else d_h
         d_c = torch.zeros_like(h0) if d_c is None else d_c
-        d_pre, dh, dc = _run("lstm-backward", backward_steps, d_out, d_h, d_c, weight, acts, cells, tanh_c, z_h, z_c)
+        d_pre, dh, dc = _run("lstm-backward", backward_steps, lstm_cpu.backward_steps, d_out, d_h, d_c, weight, acts, cells, tanh_c, z_h, z_c)
         h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, [S,] B, H)
         if z_h is not None and z_h.shape[-3] > 1:  # untied: gate k's rows of W see gate k's mask
             masked = h_prev.unsqueeze(-3) * z_h  # (T, [S,] 4, B, H)

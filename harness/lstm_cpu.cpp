@@ -1,0 +1,206 @@
+// The masked LSTM recurrence of lstm_kernel.py for a CPU, each time loop in one call: per step one
+// matrix product (MKL through ATen) and one pass of fused gate arithmetic, where the Python loop
+// runs about ten small tensor ops. It computes forward_steps / backward_steps of lstm_kernel.py;
+// tests/test_lstm_cpu.py holds it to them.
+//
+// Shapes, S models (1 outside a population), G = 4 untied recurrent masks or 1:
+//   x_proj (T, S, B, 4H) incl. bias_ih   h0, c0 (S, B, H)   weight (S, 4H, H)   bias (S, 4H)
+//   z_h (T|1, S, G, B, H) or None        z_c (T|1, S, B, H) or None
+#include <torch/extension.h>
+
+#include <cmath>
+#include <tuple>
+
+namespace {
+
+template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// The recurrent product of h_masked (S, G, B, H) into rec. weight_t holds W^T laid out
+// contiguously, once per chunk: MKL runs the plain product with B = 20 rows faster than the
+// transposed one (forward 15% faster at hidden 200, 1.5% at 650). Tied: weight_t (S, H, 4H),
+// rec (S, B, 4H) = h W^T. Untied: weight_t (S*4, H, H), rec (S, 4, B, H) = (h z_k) W_k^T.
+at::Tensor transposed_weight(const at::Tensor& weight, int64_t gates) {
+  const auto S = weight.size(0), H = weight.size(2);
+  return gates == 1 ? weight.transpose(1, 2).contiguous() : weight.view({S * 4, H, H}).transpose(1, 2).contiguous();
+}
+
+void recurrent_product(const at::Tensor& h_masked, const at::Tensor& weight_t, at::Tensor& rec) {
+  const auto S = h_masked.size(0), G = h_masked.size(1), B = h_masked.size(2), H = h_masked.size(3);
+  auto rows = rec.view({S * G, B, G == 1 ? 4 * H : H});
+  at::bmm_out(rows, h_masked.view({S * G, B, H}), weight_t);
+}
+
+template <typename T>
+void forward_loop(const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight,
+                  const at::Tensor& bias, const c10::optional<at::Tensor>& z_h_opt, const c10::optional<at::Tensor>& z_c_opt,
+                  at::Tensor& out, at::Tensor& acts, at::Tensor& cells, at::Tensor& tanh_c) {
+  const int64_t steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
+  const bool has_zh = z_h_opt.has_value(), has_zc = z_c_opt.has_value();
+  const int64_t G = has_zh ? z_h_opt->size(2) : 1;
+  const int64_t zh_steps = has_zh ? z_h_opt->size(0) : 1, zc_steps = has_zc ? z_c_opt->size(0) : 1;
+  const T* zh = has_zh ? z_h_opt->data_ptr<T>() : nullptr;
+  const T* zc = has_zc ? z_c_opt->data_ptr<T>() : nullptr;
+  const T* xp = x_proj.data_ptr<T>();
+  const T* b_hh = bias.data_ptr<T>();
+  T* a_out = acts.data_ptr<T>();
+  T* c_out = cells.data_ptr<T>();
+  T* tc_out = tanh_c.data_ptr<T>();
+  T* h_out = out.data_ptr<T>();
+
+  // h_masked holds h_{t-1} * z_h[t] for the next product (G copies when untied).
+  auto h_masked = at::empty({S, G, B, H}, x_proj.options());
+  auto rec = G == 1 ? at::empty({S, B, 4 * H}, x_proj.options()) : at::empty({S, 4, B, H}, x_proj.options());
+  cells[0].copy_(c0);
+  auto mask_h = [&](const T* h, int64_t t) {  // h (S, B, H) -> h_masked with step t's mask
+    T* hm = h_masked.data_ptr<T>();
+    const T* z = has_zh ? zh + (zh_steps > 1 ? t : 0) * S * G * B * H : nullptr;
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t k = 0; k < G; ++k)
+        for (int64_t i = 0; i < B * H; ++i) {
+          const int64_t from = s * B * H + i, to = (s * G + k) * B * H + i;
+          hm[to] = z ? h[from] * z[to] : h[from];
+        }
+  };
+  auto h0c = h0.contiguous();
+  mask_h(h0c.data_ptr<T>(), 0);
+
+  const auto weight_t = transposed_weight(weight, G);
+  for (int64_t t = 0; t < steps; ++t) {
+    recurrent_product(h_masked, weight_t, rec);
+    const T* r = rec.data_ptr<T>();
+    const T* zc_t = has_zc ? zc + (zc_steps > 1 ? t : 0) * S * B * H : nullptr;
+    at::parallel_for(0, S * B, std::max<int64_t>(1, 16384 / (4 * H)), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {  // row = s * B + b
+        const int64_t s = row / B, b = row % B;
+        const T* x = xp + (t * S * B + row) * 4 * H;
+        const T* bias_s = b_hh + s * 4 * H;
+        T* a = a_out + (t * S * B + row) * 4 * H;
+        const T* c_prev = c_out + (t * S * B + row) * H;
+        T* c_new = c_out + ((t + 1) * S * B + row) * H;
+        T* tc = tc_out + (t * S * B + row) * H;
+        T* h = h_out + (t * S * B + row) * H;
+        const T* zc_row = zc_t ? zc_t + row * H : nullptr;
+        // Gate k's recurrent term: tied rec[s, b, k*H + j]; untied rec[s, k, b, j].
+        const int64_t gate_stride = G == 1 ? H : B * H;
+        const T* r_row = G == 1 ? r + row * 4 * H : r + (s * 4 * B + b) * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const T i = sigmoid(x[j] + bias_s[j] + r_row[j]);
+          const T f = sigmoid(x[H + j] + bias_s[H + j] + r_row[gate_stride + j]);
+          const T g = std::tanh(x[2 * H + j] + bias_s[2 * H + j] + r_row[2 * gate_stride + j]);
+          const T o = sigmoid(x[3 * H + j] + bias_s[3 * H + j] + r_row[3 * gate_stride + j]);
+          T c = f * c_prev[j] + i * g;
+          if (zc_row) c *= zc_row[j];
+          const T tanh_cell = std::tanh(c);
+          a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
+          c_new[j] = c;
+          tc[j] = tanh_cell;
+          h[j] = o * tanh_cell;
+        }
+      }
+    });
+    if (t + 1 < steps) mask_h(h_out + t * S * B * H, t + 1);
+  }
+}
+
+template <typename T>
+void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
+                   const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h_opt,
+                   const c10::optional<at::Tensor>& z_c_opt, at::Tensor& d_pre) {
+  const int64_t steps = acts.size(0), S = acts.size(1), B = acts.size(2), H = acts.size(3) / 4;
+  const bool has_zh = z_h_opt.has_value(), has_zc = z_c_opt.has_value();
+  const int64_t G = has_zh ? z_h_opt->size(2) : 1;
+  const int64_t zh_steps = has_zh ? z_h_opt->size(0) : 1, zc_steps = has_zc ? z_c_opt->size(0) : 1;
+  const T* zh = has_zh ? z_h_opt->data_ptr<T>() : nullptr;
+  const T* zc = has_zc ? z_c_opt->data_ptr<T>() : nullptr;
+  const T* dout = d_out.data_ptr<T>();
+  const T* a_all = acts.data_ptr<T>();
+  const T* c_all = cells.data_ptr<T>();
+  const T* tc_all = tanh_c.data_ptr<T>();
+  T* dp_all = d_pre.data_ptr<T>();
+  T* dh_p = dh.data_ptr<T>();
+  T* dc_p = dc.data_ptr<T>();
+
+  // rec: d_pre[t] W per model (tied, (S, B, H)) or per gate (untied, (S, 4, B, H)).
+  auto rec = at::empty({S, G, B, H}, acts.options());
+  auto weight_per_gate = weight.view({S * 4, H, H});
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    const T* zc_t = has_zc ? zc + (zc_steps > 1 ? t : 0) * S * B * H : nullptr;
+    at::parallel_for(0, S * B, std::max<int64_t>(1, 16384 / (4 * H)), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const T* a = a_all + (t * S * B + row) * 4 * H;
+        const T* c_prev = c_all + (t * S * B + row) * H;
+        const T* tc = tc_all + (t * S * B + row) * H;
+        const T* d_o = dout + (t * S * B + row) * H;
+        const T* zc_row = zc_t ? zc_t + row * H : nullptr;
+        T* dp = dp_all + (t * S * B + row) * 4 * H;
+        T* dh_row = dh_p + row * H;
+        T* dc_row = dc_p + row * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+          const T dh_t = dh_row[j] + d_o[j];
+          T dc_t = dc_row[j] + dh_t * o * (T(1) - tc[j] * tc[j]);
+          if (zc_row) dc_t *= zc_row[j];
+          dp[j] = dc_t * g * i * (T(1) - i);
+          dp[H + j] = dc_t * c_prev[j] * f * (T(1) - f);
+          dp[2 * H + j] = dc_t * i * (T(1) - g * g);
+          dp[3 * H + j] = dh_t * tc[j] * o * (T(1) - o);
+          dc_row[j] = dc_t * f;
+        }
+      }
+    });
+    auto dp_t = d_pre[t];  // (S, B, 4H)
+    auto rec_rows = rec.view({S * G, B, H});
+    if (G == 1) {
+      at::bmm_out(rec_rows, dp_t, weight);
+    } else {
+      at::bmm_out(rec_rows, dp_t.view({S, B, 4, H}).permute({0, 2, 1, 3}).reshape({S * 4, B, H}), weight_per_gate);
+    }
+    // dh of h_{t-1} = sum_k rec_k * z_h[t]_k
+    const T* r = rec.data_ptr<T>();
+    const T* z = has_zh ? zh + (zh_steps > 1 ? t : 0) * S * G * B * H : nullptr;
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t i = 0; i < B * H; ++i) {
+        T sum = 0;
+        for (int64_t k = 0; k < G; ++k) {
+          const int64_t idx = (s * G + k) * B * H + i;
+          sum += z ? r[idx] * z[idx] : r[idx];
+        }
+        dh_p[s * B * H + i] = sum;
+      }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight, const at::Tensor& bias,
+    const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c) {
+  const auto steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
+  auto out = at::empty({steps, S, B, H}, x_proj.options());
+  auto acts = at::empty({steps, S, B, 4 * H}, x_proj.options());
+  auto cells = at::empty({steps + 1, S, B, H}, x_proj.options());
+  auto tanh_c = at::empty({steps, S, B, H}, x_proj.options());
+  AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "lstm_cpu_forward", [&] {
+    forward_loop<scalar_t>(x_proj, h0, c0, weight, bias, z_h, z_c, out, acts, cells, tanh_c);
+  });
+  return {out, acts, cells, tanh_c};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& d_out, const at::Tensor& dh, const at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
+    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c) {
+  auto d_pre = at::empty_like(acts);
+  auto dh_carry = dh.clone(at::MemoryFormat::Contiguous);
+  auto dc_carry = dc.clone(at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_cpu_backward", [&] {
+    backward_loop<scalar_t>(d_out, dh_carry, dc_carry, weight, acts, cells, tanh_c, z_h, z_c, d_pre);
+  });
+  return {d_pre, dh_carry, dc_carry};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "masked LSTM, T steps forward");
+  m.def("backward", &backward, "masked LSTM, T steps backward");
+}

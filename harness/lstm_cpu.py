@@ -1,0 +1,90 @@
+"""The CPU build of the masked recurrence's two time loops (`lstm_cpu.cpp`), compiled on first use
+with the machine's C++ compiler and cached by PyTorch (`torch.utils.cpp_extension`, ~30 s once).
+
+`forward_steps` / `backward_steps` take and return what those of `lstm_kernel.py` do, with or
+without the population dimension. `available()` is False where no compiler is found; the
+recurrence then runs the Python loop, with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
+
+
+def _machine() -> str:
+    """The CPU's identity: the build is tuned to the machine (-march=native), so a home directory
+    shared by different machines must not share one build."""
+    flags = ""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:10]
+
+
+@functools.cache
+def _extension():
+    from torch.utils import cpp_extension
+
+    try:
+        return cpp_extension.load(
+            name=f"dropbench_lstm_cpu_{_machine()}", sources=[str(SOURCE)],
+            # -ffast-math lets the compiler call the vectorised exp/tanh of the C library (libmvec).
+            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-mprefer-vector-width=512"], verbose=False)
+    except Exception as error:  # no compiler, no headers: the Python loop computes the same
+        warnings.warn(f"dropbench: the compiled CPU recurrence is unavailable ({str(error).splitlines()[0][:160]}); "
+                      "running the Python loop, which is slower. Install a C++ compiler and ninja (apt install g++ ninja-build) to get it.", stacklevel=3)
+        return None
+
+
+def available() -> bool:
+    return _extension() is not None
+
+
+def _with_models(tensor, models_dim: int, population: bool, dtype: torch.dtype):
+    """Insert the model dimension at models_dim for a lone model; contiguous, in dtype (masks are
+    drawn in the default dtype, which may not be the model's)."""
+    if tensor is None:
+        return None
+    return (tensor if population else tensor.unsqueeze(models_dim)).to(dtype).contiguous()
+
+
+def _spelled_out(z_h, z_c, rows):
+    """The masks expanded over every model and batch row ([S,] B) that broadcasting leaves implicit."""
+    z_h = None if z_h is None else z_h.expand(z_h.shape[0], *rows[:-1], z_h.shape[-3], *z_h.shape[-2:])
+    z_c = None if z_c is None else z_c.expand(z_c.shape[0], *rows, z_c.shape[-1])
+    return z_h, z_c
+
+
+def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
+    population = weight.dim() == 3
+    z_h, z_c = _spelled_out(z_h, z_c, rows=x_proj.shape[1:-1])
+    dtype = x_proj.dtype
+    out, acts, cells, tanh_c = _extension().forward(
+        _with_models(x_proj, 1, population, dtype),
+        *(_with_models(t, 0, population, dtype) for t in (h0, c0, weight, bias)),
+        *(_with_models(t, 1, population, dtype) for t in (z_h, z_c)))
+    if not population:
+        out, acts, cells, tanh_c = (t.squeeze(1) for t in (out, acts, cells, tanh_c))
+    return out, acts, cells, tanh_c
+
+
+def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
+    population = weight.dim() == 3
+    z_h, z_c = _spelled_out(z_h, z_c, rows=acts.shape[1:-1])
+    dtype = acts.dtype
+    d_pre, dh, dc = _extension().backward(
+        _with_models(d_out, 1, population, dtype),
+        *(_with_models(t, 0, population, dtype) for t in (dh, dc, weight)),
+        *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)))
+    if not population:
+        d_pre, dh, dc = d_pre.squeeze(1), dh.squeeze(0), dc.squeeze(0)
+    return d_pre, dh, dc

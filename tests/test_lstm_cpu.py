@@ -1,0 +1,76 @@
+"""The compiled CPU recurrence (`harness/lstm_cpu.cpp`) against the Python loop of
+`lstm_kernel.py` it replaces: every mask pattern, alone and in a population, forward and backward."""
+
+import pytest
+import torch
+
+from dropbench.harness import lstm_cpu, lstm_kernel
+
+pytestmark = pytest.mark.skipif(not lstm_cpu.available(), reason="no C++ compiler: the Python loop runs instead")
+
+STEPS, BATCH, HIDDEN = 5, 3, 7
+
+
+def _case(pattern: str, models, dtype, generator):
+    lead = () if models is None else (models,)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=generator, dtype=dtype) * scale
+
+    def mask(*shape):
+        return torch.rand(*shape, generator=generator, dtype=dtype).ge(0.3).to(dtype) / 0.7
+
+    z_h = {"tied": mask(1, *lead, 1, BATCH, HIDDEN), "untied": mask(1, *lead, 4, BATCH, HIDDEN),
+           "per-step": mask(STEPS, *lead, 1, BATCH, HIDDEN)}.get(pattern)
+    z_c = mask(STEPS, *lead, BATCH, HIDDEN) if pattern == "cell" else mask(1, *lead, BATCH, HIDDEN) if pattern == "cell-sequence" else None
+    return (randn(STEPS, *lead, BATCH, 4 * HIDDEN), randn(*lead, BATCH, HIDDEN), randn(*lead, BATCH, HIDDEN),
+            randn(*lead, 4 * HIDDEN, HIDDEN, scale=0.4), randn(*lead, 4 * HIDDEN), z_h, z_c)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("models", [None, 3])
+@pytest.mark.parametrize("pattern", ["none", "tied", "untied", "per-step", "cell", "cell-sequence"])
+def test_compiled_steps_compute_what_the_python_loop_computes(pattern, models, dtype, tolerance):
+    generator = torch.Generator().manual_seed(7)
+    x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator)
+    expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
+    got = lstm_cpu.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
+    for name, e, g in zip(["out", "acts", "cells", "tanh_c"], expected, got):
+        assert g.shape == e.shape and g.dtype == e.dtype, name
+        torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
+
+    out, acts, cells, tanh_c = expected
+    d_out, dh, dc = torch.randn_like(out), torch.randn_like(h0), torch.randn_like(c0)
+    expected = lstm_kernel.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
+    got = lstm_cpu.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
+    for name, e, g in zip(["d_pre", "dh", "dc"], expected, got):
+        assert g.shape == e.shape, name
+        torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_masks_in_another_dtype_than_the_model_are_taken_as_the_models():
+    generator = torch.Generator().manual_seed(3)
+    x_proj, h0, c0, weight, bias, z_h, z_c = _case("tied", None, torch.float64, generator)
+    z_h = z_h.float()
+    expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, None)  # float64 by promotion
+    got = lstm_cpu.forward_steps(x_proj, h0, c0, weight, bias, z_h, None)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
+
+
+def test_without_a_compiler_the_python_loop_runs_and_says_so(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    lstm_cpu._extension.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="compiled CPU recurrence is unavailable.*Ninja is required.*g\\+\\+"):
+            assert not lstm_cpu.available()
+        generator = torch.Generator().manual_seed(5)
+        x_proj, h0, c0, weight, bias, z_h, z_c = _case("tied", None, torch.float64, generator)
+        out, h, c = lstm_kernel.masked_lstm(x_proj, h0, c0, weight, bias, z_h, z_c)
+        assert torch.equal(out, lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)[0])
+    finally:
+        lstm_cpu._extension.cache_clear()
