@@ -1,15 +1,17 @@
 """`dropbench bench`: training and evaluation speed of every registered variant beside a
 `torch.nn.LSTM` baseline (cuDNN on GPU, oneDNN on CPU) at the same size, in one process.
 
-Measurements are interleaved — round r times every model once before round r+1 starts — and the
-median over rounds is reported, so drift of the machine (turbo, other load) hits every model alike.
+Measurements are interleaved — round r times every model once before round r+1 starts — so drift
+of the machine (turbo, other load) hits every model alike, and each model's fastest round is
+reported: interference only ever adds time, so the best round is the closest to the code's own
+cost (the convention of Python's `timeit`; on a shared 2-core machine the median of three rounds
+moved by ±10% between runs).
 Words per second count target tokens (batch x steps). FLOPs per token follow `cost.py`; the
 matmul peak is measured in the same run with the decoder's own matrix shape.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -80,7 +82,7 @@ def matmul_peak(device, hidden: int) -> float:
     return 2 * BATCH * STEPS * hidden * PTB_VOCAB / seconds
 
 
-def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 3, repeats: int = 3,
+def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 5, repeats: int = 3,
               mc_samples: int = 32, mc_tokens: int = 100 * BATCH, progress=None) -> dict:
     torch.manual_seed(0)
     tokens = torch.randint(0, PTB_VOCAB, (STEPS + 1, BATCH), device=device)
@@ -124,7 +126,7 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
     peak = matmul_peak(device, hidden)
     rows = []
     for name in models:
-        row = {"variant": name, "train_wps": statistics.median(train[name]), "eval_wps": statistics.median(evaluation[name])}
+        row = {"variant": name, "train_wps": max(train[name]), "eval_wps": max(evaluation[name])}
         row["train_flops_fraction_of_peak"] = row["train_wps"] * 3 * flops / peak
         if name != BASELINE and models[name].variant.stochastic:
             model, config = models[name], _probabilities(models[name].variant)
@@ -147,7 +149,7 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
             "flops_per_token_forward": flops, "matmul_peak_flops": peak, "rows": rows, "population": population}
 
 
-def population_throughput(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 3, repeats: int = 3,
+def population_throughput(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 5, repeats: int = 3,
                           sizes=POPULATION_SIZES) -> list[dict]:
     """Training words/s (all members together) of S models of `POPULATION_VARIANT` trained as one
     population (`population.train_step`), per S in `sizes`; rounds interleave the sizes."""
@@ -170,4 +172,4 @@ def population_throughput(registry: dict, device: torch.device, hidden: int, lay
     for _ in range(rounds):
         for size in sizes:
             wps[size].append(size * BATCH * STEPS / _timed(device, lambda: step(size), repeats))
-    return [{"variant": POPULATION_VARIANT, "models": size, "train_wps": statistics.median(wps[size])} for size in sizes]
+    return [{"variant": POPULATION_VARIANT, "models": size, "train_wps": max(wps[size])} for size in sizes]

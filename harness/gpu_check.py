@@ -9,9 +9,8 @@ when the time budget left cannot hold it, so that one call always ends with a ta
    1b. a population of every variant against each member's own float64 forward pass;
 2. the masked recurrence, forward + backward, with and without CUDA graphs;
 3. `dropbench bench` at medium, with population throughput for S = 1, 2, 4, 8;
-4. a shortened paper-ptb-medium suite (every row, 1 seed, 3 epochs on a training prefix sized to
-   the budget from section 3's speeds, 100 MC samples, trained as populations as `dropbench run`
-   does on CUDA), printed beside the paper's numbers;
+4. one epoch over the whole training set of every paper-ptb-medium trial (every row and grid
+   cell, seed 1), each alone: the epoch time per variant beside the paper's words/s;
 5. precision: the same weights evaluated in fp32, TF32 and bf16, and one epoch trained in each
    beside fp32's seed-to-seed spread (the 0.5% question);
 6. `dropbench bench` at large;
@@ -52,8 +51,7 @@ from .train import LanguageModelTrial, Progress, run_trial, train_language_model
 
 PROBABILITIES = {"p_embedding": 0.3, "p_input": 0.5, "p_recurrent": 0.3, "p_cell": 0.25, "p_output": 0.5}
 PTB_TRAIN_TOKENS = 929_589
-SUITE_EPOCHS = 3
-SUITE_MC_SAMPLES = 100
+PRECISION_MC_SAMPLES = 100
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -136,36 +134,17 @@ def time_recurrence(device: torch.device, sizes: list[int], batch: int = 20, ste
     return rows
 
 
-def suite_tokens(bench: dict | None, trials, seconds: float, tiny: bool) -> int:
-    """The longest training prefix (tokens) with which the shortened suite's trials fit `seconds`,
-    from the words/s that section 3 measured (200,000 when it did not run): training at the
-    population's rate, validation, test and MC at each variant's own."""
+def medium_epoch_per_trial(device: str, out: Path, seconds: float, tiny: bool) -> dict:
+    """One epoch of every paper-ptb-medium trial (seed 1: every row and grid cell) over the whole
+    training set, each trial alone (population 1), as `dropbench run` would train it: the epoch
+    time per variant, beside the paper's words/s."""
+    sets = {"epochs": 1, "mc_samples": 0, "test_tokens": 2000}
     if tiny:
-        return 700
-    if not bench or "rows" not in bench:
-        return 200_000
-    speed = {row["variant"]: row for row in bench["rows"]}
-    together = max((row["train_wps"] for row in bench.get("population", [])), default=0.0)
-    per_token, fixed = 0.0, 10.0  # process start, data, first CUDA graph captures
-    for trial in trials:
-        row = speed[trial.config["variant"]]
-        per_token += SUITE_EPOCHS / max(row["train_wps"], together)
-        fixed += SUITE_EPOCHS * 73_760 / row["eval_wps"] + 6  # validation; the test set as one stream, as the paper
-        if trial.config["mc_samples"]:
-            fixed += 2 * SUITE_MC_SAMPLES * 82_430 / row["mc_samples_wps"]  # one stream's copies batch less well than 20 streams
-    tokens = int((0.8 * seconds - fixed) / per_token)
-    return max(20_000, min(PTB_TRAIN_TOKENS, tokens // 1000 * 1000))
-
-
-def shortened_medium_suite(device: str, out: Path, seconds: float, bench: dict | None, tiny: bool) -> dict:
-    sets = {"epochs": SUITE_EPOCHS, "mc_samples": SUITE_MC_SAMPLES}
-    if tiny:
-        sets = {"epochs": 1, "valid_tokens": 200, "test_tokens": 100, "mc_samples": 2, "hidden_size": 32, "test_batch_size": 20}
-    trials = expand(load_suite("paper-ptb-medium"), load_registry(), seeds=1, overrides=sets)
-    sets["train_tokens"] = suite_tokens(bench, trials, seconds, tiny)
+        sets = {"epochs": 1, "mc_samples": 0, "hidden_size": 32, "train_tokens": 2000, "valid_tokens": 200, "test_tokens": 100,
+                "test_batch_size": 20}
     folder = Path(tempfile.mkdtemp(prefix="medium-"))
     command = [sys.executable, "-m", "dropbench.harness.cli", "run", "paper-ptb-medium", "--seeds", "1", "--device", device,
-               "--out", str(folder), "--no-progress"] + [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+               "--population", "1", "--out", str(folder), "--no-progress"] + [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
     started = time.perf_counter()
     try:
         exit_code = subprocess.run(command, timeout=max(seconds, 30)).returncode
@@ -175,12 +154,9 @@ def shortened_medium_suite(device: str, out: Path, seconds: float, bench: dict |
     import pandas as pd
 
     results = pd.read_csv(folder / "results.csv")
-    shutil.copy(folder / "results.csv", out / "medium-results.csv")
-    results = results[results["selected"].astype(bool)].copy()
-    results["full_epoch_s"] = PTB_TRAIN_TOKENS / results["train_wps"]
-    columns = ["variant", "grid_cell", "val_ppl", "paper_val_ppl", "test_ppl", "paper_test_ppl", "test_ppl_mc", "paper_test_ppl_mc",
-               "train_wps", "paper_wps", "full_epoch_s"]
-    columns = [c for c in columns if c in results.columns]
+    shutil.copy(folder / "results.csv", out / "medium-epoch-results.csv")
+    results["epoch_s"] = sets.get("train_tokens", PTB_TRAIN_TOKENS) / results["train_wps"]
+    columns = [c for c in ["variant", "grid_cell", "val_ppl", "train_wps", "paper_wps", "epoch_s"] if c in results.columns]
     return {"settings": sets, "exit_code": exit_code, "wall_s": elapsed,
             "table": results[columns].to_string(index=False, float_format=lambda v: f"{v:.1f}")}
 
@@ -213,7 +189,7 @@ def precision_check(device: str, tokens: int, tiny: bool) -> dict:
             val_seconds = _synchronised(torch_device, started)
             started = time.perf_counter()
             generator = torch.Generator(torch_device).manual_seed(1)
-            mc, _ = lm_target_logprobs(trial.model, test, 20, 35, torch_device, mode_config, SUITE_MC_SAMPLES, generator=generator)
+            mc, _ = lm_target_logprobs(trial.model, test, 20, 35, torch_device, mode_config, PRECISION_MC_SAMPLES, generator=generator)
             mc_seconds = _synchronised(torch_device, started)
         evaluated.append({"precision": mode, "val_ppl": float(np.exp(-logprob.mean())), "val_s": val_seconds,
                           "test_ppl_mc": float(np.exp(-mc.mean())), "mc_s": mc_seconds})
@@ -379,7 +355,7 @@ def main(argv=None):
         return work
 
     def suite(left):
-        result = shortened_medium_suite(args.device, out, left - (20 if args.tiny else 150), report.get("3. bench medium"), args.tiny)
+        result = medium_epoch_per_trial(args.device, out, left - (20 if args.tiny else 100), args.tiny)
         print(f"  settings {result['settings']}; exit {result['exit_code']}; {result['wall_s']:.0f} s wall")
         print(result["table"])
         return result
@@ -420,7 +396,7 @@ def main(argv=None):
     section("1b. a population of every variant against each member alone in float64", 10, population)
     section("2. masked recurrence, forward + backward, batch 20, 35 steps", 10, recurrence)
     section("3. bench medium", 30, bench("medium", 1 if args.tiny else 3))
-    section("4. shortened paper-ptb-medium, 1 seed", 60, suite)
+    section("4. one epoch of every paper-ptb-medium trial, seed 1, each alone", 120, suite)
     section("5. precision: the same weights evaluated, and one epoch trained, in fp32, TF32 and bf16", 40, precision)
     section("6. bench large", 30, bench("large", 1 if args.tiny else 2))
     section("7. moon-emb cells alone and as one population (float32)", 60, alone_together)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import platform
+import sys
 import warnings
 from pathlib import Path
 
@@ -34,9 +35,12 @@ def _machine() -> str:
 def _extension():
     from torch.utils import cpp_extension
 
+    name = f"dropbench_lstm_cpu_{_machine()}"
+    if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{name}/*.so")):  # (py311_cpu/NAME/...)
+        print("dropbench: compiling the CPU recurrence (harness/lstm_cpu.cpp), once for this machine: about 30 s", file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(
-            name=f"dropbench_lstm_cpu_{_machine()}", sources=[str(SOURCE)],
+            name=name, sources=[str(SOURCE)],
             # -ffast-math lets the compiler call the vectorised exp/tanh of the C library (libmvec).
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-mprefer-vector-width=512"], verbose=False)
     except Exception as error:  # no compiler, no headers: the Python loop computes the same
