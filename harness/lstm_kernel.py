@@ -110,8 +110,11 @@ class MaskedLSTM(torch.autograd.Function):
         d_pre, dh, dc = _run("lstm-backward", backward_steps, lstm_cpu.backward_steps, d_out, d_h, d_c, weight, acts, cells, tanh_c, z_h, z_c)
         h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, [S,] B, H)
         if z_h is not None and z_h.shape[-3] > 1:  # untied: gate k's rows of W see gate k's mask
-            masked = h_prev.unsqueeze(-3) * z_h  # (T, [S,] 4, B, H)
-            d_weight = torch.einsum("t...bgh,t...gbi->...ghi", d_pre.unflatten(-1, (4, -1)), masked).flatten(-3, -2)
+            # Laid out gate-major as in project_inputs: one batched (H, T*B) x (T*B, H) product per gate.
+            masked = torch.mul(h_prev.movedim(0, -3).unsqueeze(-4), z_h.movedim(0, -3)).contiguous()  # ([S,] 4, T, B, H)
+            d_gates = d_pre.unflatten(-1, (4, -1))  # (T, [S,] B, 4, H)
+            d_gates = d_gates.permute(2, 3, 0, 1) if weight.dim() == 2 else d_gates.permute(1, 3, 4, 0, 2)  # ([S,] 4, H, T, B)
+            d_weight = torch.matmul(d_gates.flatten(-2), masked.flatten(-3, -2)).flatten(-3, -2)
         else:
             masked = h_prev if z_h is None else h_prev * z_h.select(-3, 0)
             if weight.dim() == 2:
