@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import sys
 import warnings
@@ -36,7 +37,8 @@ def _extension():
     from torch.utils import cpp_extension
 
     name = f"dropbench_lstm_cpu_{_machine()}"
-    if not any(Path(cpp_extension.get_default_build_root()).glob(f"*/{name}/*.so")):  # (py311_cpu/NAME/...)
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+    if not any(path for pattern in (f"{name}/*.so", f"*/{name}/*.so") for path in root.glob(pattern)):  # (py311_cpu/NAME/...)
         print("dropbench: compiling the CPU recurrence (harness/lstm_cpu.cpp), once for this machine: about 30 s", file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(

@@ -74,3 +74,21 @@ def test_without_a_compiler_the_python_loop_runs_and_says_so(monkeypatch):
         assert torch.equal(out, lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)[0])
     finally:
         lstm_cpu._extension.cache_clear()
+
+
+def test_only_a_build_from_scratch_announces_its_wait(monkeypatch, tmp_path, capsys):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda name, **kwargs: name)
+    lstm_cpu._extension.cache_clear()
+    try:
+        name = lstm_cpu._extension()
+        assert "compiling the CPU recurrence" in capsys.readouterr().err
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.so").touch()
+        lstm_cpu._extension.cache_clear()
+        assert lstm_cpu._extension() == name
+        assert capsys.readouterr().err == ""
+    finally:
+        lstm_cpu._extension.cache_clear()
