@@ -162,8 +162,11 @@ def test_ctrl_c_stops_cleanly_after_saving_and_the_rerun_finishes(tmp_path, data
     suite.write_text(SLOW_SUITE)
     out = tmp_path / "out"
     common = ["--out", str(out), "--data-dir", str(data_dir), "--no-progress", "--device", "cpu"]
+    # A background job of a shell (CI, nohup) inherits SIGINT ignored, and so would the child: it
+    # gets the default back, so that Ctrl-C reaches it as it does from a terminal.
     process = subprocess.Popen([sys.executable, "-m", "dropbench.harness.cli", "run", str(suite), *common],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "curves.csv").exists():
         time.sleep(0.2)
