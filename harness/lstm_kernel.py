@@ -2,7 +2,9 @@
 through time written out. It computes what the step loop of `cell.py` computes for the standard
 LSTM step; recording one node instead of ~15 per step makes training about 1.7x faster on a CPU
 (2 threads, hidden 128-650). On a GPU both time loops replay as captured CUDA graphs
-(`cuda_graphs.py`), which removes the per-kernel launch cost that dominates at these sizes.
+(`cuda_graphs.py`), which removes the per-kernel launch cost that dominates at these sizes; on a
+CPU they run compiled (`lstm_cpu.cpp`), and `forward_steps` / `backward_steps` below are what the
+compiled loops are tested against and what runs where no compiler is found.
 
 Shapes: x_proj (T, B, 4H) input projection incl. bias_ih; h0, c0 (B, H); weight (4H, H) = W_hh;
 bias (4H,) = b_hh; z_h None or (T|1, G|1, B, H) recurrent masks (G = 4 untied); z_c None or
