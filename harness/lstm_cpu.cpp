@@ -6,8 +6,11 @@
 // Shapes, S models (1 outside a population), G = 4 untied recurrent masks or 1:
 //   x_proj (T, S, B, 4H) incl. bias_ih   h0, c0 (S, B, H)   weight (S, 4H, H)   bias (S, 4H)
 //   z_h (T|1, S, G, B, H) or None        z_c (T|1, S, B, H) or None
+// The recurrent product runs per model as one (B, H) x (H, 4H) product, or per gate as four
+// (B, H) x (H, H) products (`per_gate`, always when untied): lstm_cpu.py picks the faster.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 
@@ -20,44 +23,48 @@ template <typename T>
 struct Masks {
   const T* z_h = nullptr;  // (T|1, S, G, B, H)
   const T* z_c = nullptr;  // (T|1, S, B, H)
-  int64_t gates = 1, h_steps = 1, c_steps = 1, h_step_size = 0, c_step_size = 0;
+  int64_t gates = 1, h_steps = 1, c_steps = 1, h_step_size = 0, c_step_size = 0, rows = 0;
 
   Masks(const c10::optional<at::Tensor>& z_h_opt, const c10::optional<at::Tensor>& z_c_opt) {
     if (z_h_opt.has_value()) {
       z_h = z_h_opt->data_ptr<T>();
       gates = z_h_opt->size(2), h_steps = z_h_opt->size(0), h_step_size = z_h_opt->numel() / h_steps;
+      rows = z_h_opt->size(3) * z_h_opt->size(4);
     }
     if (z_c_opt.has_value()) {
       z_c = z_c_opt->data_ptr<T>();
       c_steps = z_c_opt->size(0), c_step_size = z_c_opt->numel() / c_steps;
     }
   }
-  const T* recurrent(int64_t t) const { return z_h ? z_h + (h_steps > 1 ? t : 0) * h_step_size : nullptr; }
+  // The mask of model s's gate k (B, H): a tied mask serves all four gates.
+  const T* recurrent(int64_t t, int64_t s, int64_t k) const {
+    return z_h ? z_h + (h_steps > 1 ? t : 0) * h_step_size + (s * gates + (gates > 1 ? k : 0)) * rows : nullptr;
+  }
   const T* cell(int64_t t) const { return z_c ? z_c + (c_steps > 1 ? t : 0) * c_step_size : nullptr; }
 };
 
-// The recurrent product of h_masked (S, G, B, H) into rec. weight_t holds W^T laid out
-// contiguously, once per chunk: MKL runs the plain product with B = 20 rows faster than the
-// transposed one (forward 15% faster at hidden 200, 1.5% at 650). Tied: weight_t (S, H, 4H),
-// rec (S, B, 4H) = h W^T. Untied: weight_t (S*4, H, H), rec (S, 4, B, H) = (h z_k) W_k^T.
-at::Tensor transposed_weight(const at::Tensor& weight, int64_t gates) {
+// The recurrent product of h_masked (S, P, B, H) into rec, P = 1 product per model or 4 per gate.
+// weight_t holds W^T laid out contiguously, once per chunk: MKL runs the plain product with B = 20
+// rows faster than the transposed one (forward 15% faster at hidden 200, 1.5% at 650). One
+// product: weight_t (S, H, 4H), rec (S, B, 4H) = h W^T. Per gate: weight_t (S*4, H, H),
+// rec (S, 4, B, H) = (h z_k) W_k^T.
+at::Tensor transposed_weight(const at::Tensor& weight, int64_t products) {
   const auto S = weight.size(0), H = weight.size(2);
-  return gates == 1 ? weight.transpose(1, 2).contiguous() : weight.view({S * 4, H, H}).transpose(1, 2).contiguous();
+  return products == 1 ? weight.transpose(1, 2).contiguous() : weight.view({S * 4, H, H}).transpose(1, 2).contiguous();
 }
 
 void recurrent_product(const at::Tensor& h_masked, const at::Tensor& weight_t, at::Tensor& rec) {
-  const auto S = h_masked.size(0), G = h_masked.size(1), B = h_masked.size(2), H = h_masked.size(3);
-  auto rows = rec.view({S * G, B, G == 1 ? 4 * H : H});
-  at::bmm_out(rows, h_masked.view({S * G, B, H}), weight_t);
+  const auto S = h_masked.size(0), P = h_masked.size(1), B = h_masked.size(2), H = h_masked.size(3);
+  auto rows = rec.view({S * P, B, P == 1 ? 4 * H : H});
+  at::bmm_out(rows, h_masked.view({S * P, B, H}), weight_t);
 }
 
 template <typename T>
 void forward_loop(const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight,
                   const at::Tensor& bias, const c10::optional<at::Tensor>& z_h_opt, const c10::optional<at::Tensor>& z_c_opt,
-                  at::Tensor& out, at::Tensor& acts, at::Tensor& cells, at::Tensor& tanh_c) {
+                  int64_t P, at::Tensor& out, at::Tensor& acts, at::Tensor& cells, at::Tensor& tanh_c) {
   const int64_t steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
   const Masks<T> masks(z_h_opt, z_c_opt);
-  const int64_t G = masks.gates;
   const T* xp = x_proj.data_ptr<T>();
   const T* b_hh = bias.data_ptr<T>();
   T* a_out = acts.data_ptr<T>();
@@ -65,24 +72,24 @@ void forward_loop(const at::Tensor& x_proj, const at::Tensor& h0, const at::Tens
   T* tc_out = tanh_c.data_ptr<T>();
   T* h_out = out.data_ptr<T>();
 
-  // h_masked holds h_{t-1} * z_h[t] for the next product (G copies when untied).
-  auto h_masked = at::empty({S, G, B, H}, x_proj.options());
-  auto rec = G == 1 ? at::empty({S, B, 4 * H}, x_proj.options()) : at::empty({S, 4, B, H}, x_proj.options());
+  // h_masked holds h_{t-1} * z_h[t] for the next product (one copy per gate when per gate).
+  auto h_masked = at::empty({S, P, B, H}, x_proj.options());
+  auto rec = P == 1 ? at::empty({S, B, 4 * H}, x_proj.options()) : at::empty({S, 4, B, H}, x_proj.options());
   cells[0].copy_(c0);
   auto mask_h = [&](const T* h, int64_t t) {  // h (S, B, H) -> h_masked with step t's mask
     T* hm = h_masked.data_ptr<T>();
-    const T* z = masks.recurrent(t);
     for (int64_t s = 0; s < S; ++s)
-      for (int64_t k = 0; k < G; ++k)
-        for (int64_t i = 0; i < B * H; ++i) {
-          const int64_t from = s * B * H + i, to = (s * G + k) * B * H + i;
-          hm[to] = z ? h[from] * z[to] : h[from];
-        }
+      for (int64_t k = 0; k < P; ++k) {
+        const T* z = masks.recurrent(t, s, k);
+        const T* from = h + s * B * H;
+        T* to = hm + (s * P + k) * B * H;
+        for (int64_t i = 0; i < B * H; ++i) to[i] = z ? from[i] * z[i] : from[i];
+      }
   };
   auto h0c = h0.contiguous();
   mask_h(h0c.data_ptr<T>(), 0);
 
-  const auto weight_t = transposed_weight(weight, G);
+  const auto weight_t = transposed_weight(weight, P);
   for (int64_t t = 0; t < steps; ++t) {
     recurrent_product(h_masked, weight_t, rec);
     const T* r = rec.data_ptr<T>();
@@ -99,9 +106,9 @@ void forward_loop(const at::Tensor& x_proj, const at::Tensor& h0, const at::Tens
       T* tc = tc_out + (t * S * B + row) * H;
       T* h = h_out + (t * S * B + row) * H;
       const T* zc_row = zc_t ? zc_t + row * H : nullptr;
-      // Gate k's recurrent term: tied rec[s, b, k*H + j]; untied rec[s, k, b, j].
-      const int64_t gate_stride = G == 1 ? H : B * H;
-      const T* r_row = G == 1 ? r + row * 4 * H : r + (s * 4 * B + b) * H;
+      // Gate k's recurrent term: one product rec[s, b, k*H + j]; per gate rec[s, k, b, j].
+      const int64_t gate_stride = P == 1 ? H : B * H;
+      const T* r_row = P == 1 ? r + row * 4 * H : r + (s * 4 * B + b) * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T i = sigmoid(x[j] + bias_s[j] + r_row[j]);
@@ -124,10 +131,9 @@ void forward_loop(const at::Tensor& x_proj, const at::Tensor& h0, const at::Tens
 template <typename T>
 void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
                    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h_opt,
-                   const c10::optional<at::Tensor>& z_c_opt, at::Tensor& d_pre) {
+                   const c10::optional<at::Tensor>& z_c_opt, int64_t P, at::Tensor& d_pre) {
   const int64_t steps = acts.size(0), S = acts.size(1), B = acts.size(2), H = acts.size(3) / 4;
   const Masks<T> masks(z_h_opt, z_c_opt);
-  const int64_t G = masks.gates;
   const T* dout = d_out.data_ptr<T>();
   const T* a_all = acts.data_ptr<T>();
   const T* c_all = cells.data_ptr<T>();
@@ -136,8 +142,8 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
   T* dh_p = dh.data_ptr<T>();
   T* dc_p = dc.data_ptr<T>();
 
-  // rec: d_pre[t] W per model (tied, (S, B, H)) or per gate (untied, (S, 4, B, H)).
-  auto rec = at::empty({S, G, B, H}, acts.options());
+  // rec: d_pre[t] W per model ((S, 1, B, H)) or per gate ((S, 4, B, H)).
+  auto rec = at::empty({S, P, B, H}, acts.options());
   auto weight_per_gate = weight.view({S * 4, H, H});
   for (int64_t t = steps - 1; t >= 0; --t) {
     const T* zc_t = masks.cell(t);
@@ -164,24 +170,23 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
       }
     }
     auto dp_t = d_pre[t];  // (S, B, 4H)
-    auto rec_rows = rec.view({S * G, B, H});
-    if (G == 1) {
+    auto rec_rows = rec.view({S * P, B, H});
+    if (P == 1) {
       at::bmm_out(rec_rows, dp_t, weight);
     } else {
       at::bmm_out(rec_rows, dp_t.view({S, B, 4, H}).permute({0, 2, 1, 3}).reshape({S * 4, B, H}), weight_per_gate);
     }
     // dh of h_{t-1} = sum_k rec_k * z_h[t]_k
     const T* r = rec.data_ptr<T>();
-    const T* z = masks.recurrent(t);
-    for (int64_t s = 0; s < S; ++s)
-      for (int64_t i = 0; i < B * H; ++i) {
-        T sum = 0;
-        for (int64_t k = 0; k < G; ++k) {
-          const int64_t idx = (s * G + k) * B * H + i;
-          sum += z ? r[idx] * z[idx] : r[idx];
-        }
-        dh_p[s * B * H + i] = sum;
+    for (int64_t s = 0; s < S; ++s) {
+      T* dh_s = dh_p + s * B * H;
+      std::fill(dh_s, dh_s + B * H, T(0));
+      for (int64_t k = 0; k < P; ++k) {
+        const T* z = masks.recurrent(t, s, k);
+        const T* r_k = r + (s * P + k) * B * H;
+        for (int64_t i = 0; i < B * H; ++i) dh_s[i] += z ? r_k[i] * z[i] : r_k[i];
       }
+    }
   }
 }
 
@@ -189,26 +194,29 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight, const at::Tensor& bias,
-    const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c) {
+    const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c, bool per_gate) {
   const auto steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
+  const int64_t products = per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;
   auto out = at::empty({steps, S, B, H}, x_proj.options());
   auto acts = at::empty({steps, S, B, 4 * H}, x_proj.options());
   auto cells = at::empty({steps + 1, S, B, H}, x_proj.options());
   auto tanh_c = at::empty({steps, S, B, H}, x_proj.options());
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "lstm_cpu_forward", [&] {
-    forward_loop<scalar_t>(x_proj, h0, c0, weight, bias, z_h, z_c, out, acts, cells, tanh_c);
+    forward_loop<scalar_t>(x_proj, h0, c0, weight, bias, z_h, z_c, products, out, acts, cells, tanh_c);
   });
   return {out, acts, cells, tanh_c};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& d_out, const at::Tensor& dh, const at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
-    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c) {
+    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c,
+    bool per_gate) {
+  const int64_t products = per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;
   auto d_pre = at::empty_like(acts);
   auto dh_carry = dh.clone(at::MemoryFormat::Contiguous);
   auto dc_carry = dc.clone(at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_cpu_backward", [&] {
-    backward_loop<scalar_t>(d_out, dh_carry, dc_carry, weight, acts, cells, tanh_c, z_h, z_c, d_pre);
+    backward_loop<scalar_t>(d_out, dh_carry, dc_carry, weight, acts, cells, tanh_c, z_h, z_c, products, d_pre);
   });
   return {d_pre, dh_carry, dc_carry};
 }

@@ -4,6 +4,13 @@ with the machine's C++ compiler and cached by PyTorch (`torch.utils.cpp_extensio
 `forward_steps` / `backward_steps` take and return what those of `lstm_kernel.py` do, with or
 without the population dimension. `available()` is False where no compiler is found; the
 recurrence then runs the Python loop, with a one-line warning.
+
+The recurrent product runs either as one (B, H) x (H, 4H) product per step or as four per-gate
+(B, H) x (H, H) products (always so for untied masks, where each gate has its own masked input).
+Per gate is faster once W_hh fills half of a core's L2 cache. Measured on a 2-core Xeon with
+2 MiB of L2 per core, time loop forward / backward at batch 20, per gate against one product:
+hidden 200 (W_hh 0.6 MiB) 1.16x / 1.00x, 256 (1.0 MiB) 0.86x / 0.93x, 400 0.79x / 0.93x,
+650 0.93x / 0.97x, 1000 0.72x / 0.94x, 1500 0.67x / 0.82x.
 """
 
 from __future__ import annotations
@@ -55,6 +62,20 @@ def available() -> bool:
     return _extension() is not None
 
 
+def _l2_cache_bytes() -> int:
+    """One core's L2 cache as the OS reports it; 1 MiB where it does not say."""
+    try:
+        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+    except (ValueError, OSError):
+        size = 0
+    return size if size > 0 else 2**20
+
+
+def per_gate_products(weight: torch.Tensor) -> bool:
+    """Whether the recurrent product of weight ([S,] 4H, H) runs per gate (see the module docstring)."""
+    return weight.shape[-2] * weight.shape[-1] * weight.element_size() >= _l2_cache_bytes() // 2
+
+
 def _with_models(tensor, models_dim: int, population: bool, dtype: torch.dtype):
     """Insert the model dimension at models_dim for a lone model; contiguous, in dtype (masks are
     drawn in the default dtype, which may not be the model's)."""
@@ -70,27 +91,30 @@ def _spelled_out(z_h, z_c, rows):
     return z_h, z_c
 
 
-def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
+def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None):
+    """per_gate: None lets `per_gate_products` choose (tests set it)."""
     population = weight.dim() == 3
     z_h, z_c = _spelled_out(z_h, z_c, rows=x_proj.shape[1:-1])
     dtype = x_proj.dtype
     out, acts, cells, tanh_c = _extension().forward(
         _with_models(x_proj, 1, population, dtype),
         *(_with_models(t, 0, population, dtype) for t in (h0, c0, weight, bias)),
-        *(_with_models(t, 1, population, dtype) for t in (z_h, z_c)))
+        *(_with_models(t, 1, population, dtype) for t in (z_h, z_c)),
+        per_gate_products(weight) if per_gate is None else per_gate)
     if not population:
         out, acts, cells, tanh_c = (t.squeeze(1) for t in (out, acts, cells, tanh_c))
     return out, acts, cells, tanh_c
 
 
-def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
+def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, per_gate=None):
     population = weight.dim() == 3
     z_h, z_c = _spelled_out(z_h, z_c, rows=acts.shape[1:-1])
     dtype = acts.dtype
     d_pre, dh, dc = _extension().backward(
         _with_models(d_out, 1, population, dtype),
         *(_with_models(t, 0, population, dtype) for t in (dh, dc, weight)),
-        *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)))
+        *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)),
+        per_gate_products(weight) if per_gate is None else per_gate)
     if not population:
         d_pre, dh, dc = d_pre.squeeze(1), dh.squeeze(0), dc.squeeze(0)
     return d_pre, dh, dc

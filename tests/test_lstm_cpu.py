@@ -27,14 +27,15 @@ def _case(pattern: str, models, dtype, generator):
             randn(*lead, 4 * HIDDEN, HIDDEN, scale=0.4), randn(*lead, 4 * HIDDEN), z_h, z_c)
 
 
+@pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("models", [None, 3])
 @pytest.mark.parametrize("pattern", ["none", "tied", "untied", "per-step", "cell", "cell-sequence"])
-def test_compiled_steps_compute_what_the_python_loop_computes(pattern, models, dtype, tolerance):
+def test_compiled_steps_compute_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate):
     generator = torch.Generator().manual_seed(7)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator)
     expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
-    got = lstm_cpu.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
+    got = lstm_cpu.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate)
     for name, e, g in zip(["out", "acts", "cells", "tanh_c"], expected, got):
         assert g.shape == e.shape and g.dtype == e.dtype, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
@@ -42,10 +43,18 @@ def test_compiled_steps_compute_what_the_python_loop_computes(pattern, models, d
     out, acts, cells, tanh_c = expected
     d_out, dh, dc = torch.randn_like(out), torch.randn_like(h0), torch.randn_like(c0)
     expected = lstm_kernel.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
-    got = lstm_cpu.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
+    got = lstm_cpu.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, per_gate)
     for name, e, g in zip(["d_pre", "dh", "dc"], expected, got):
         assert g.shape == e.shape, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_the_product_runs_per_gate_once_the_recurrent_weight_fills_half_the_l2_cache(monkeypatch):
+    monkeypatch.setattr(lstm_cpu, "_l2_cache_bytes", lambda: 2 * 2**20)
+    assert not lstm_cpu.per_gate_products(torch.empty(4 * 200, 200))  # 0.61 MiB in float32
+    assert lstm_cpu.per_gate_products(torch.empty(4 * 256, 256))  # 1 MiB
+    assert lstm_cpu.per_gate_products(torch.empty(4 * 200, 200, dtype=torch.float64))
+    assert not lstm_cpu.per_gate_products(torch.empty(8, 4 * 200, 200))  # a population: per model
 
 
 def test_masks_in_another_dtype_than_the_model_are_taken_as_the_models():
