@@ -1,11 +1,13 @@
 """`dropbench bench`: training and evaluation speed of every registered variant beside a
 `torch.nn.LSTM` baseline (cuDNN on GPU, oneDNN on CPU) at the same size, in one process.
 
-Measurements are interleaved — round r times every model once before round r+1 starts — so drift
-of the machine (turbo, other load) hits every model alike, and each model's fastest round is
-reported: interference only ever adds time, so the best round is the closest to the code's own
-cost (the convention of Python's `timeit`; on a shared 2-core machine the median of three rounds
-moved by ±10% between runs).
+Measurements are interleaved: round r times one training step and one evaluation step of every
+model before round r+1 starts. A model's ratio to the baseline is the median over rounds of
+(baseline's time in round r) / (model's time in round r), so drift of the machine (turbo, other
+load) cancels within each pair; the quartiles of those per-round ratios are reported beside it as
+the run's resolution. Words per second come from each model's median step. On a shared 2-core
+machine, the fastest of 5 rounds of 3 steps (the former estimator) read 0.99-1.05x for two
+identical baselines, the paired median of 30-45 single-step rounds 1.00-1.03x.
 Words per second count target tokens (batch x steps). FLOPs per token follow `cost.py`; the
 matmul peak is measured in the same run with the decoder's own matrix shape.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +62,15 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _seconds(device, fn) -> float:
+    """Seconds one call of fn takes, queued GPU work included."""
+    _sync(device)
+    started = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - started
+
+
 def _timed(device, fn, repeats: int) -> float:
     """Seconds per call of fn, after one warm-up call."""
     fn()
@@ -82,7 +94,15 @@ def matmul_peak(device, hidden: int) -> float:
     return 2 * BATCH * STEPS * hidden * PTB_VOCAB / seconds
 
 
-def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 5, repeats: int = 3,
+def paired_ratio(baseline_seconds, model_seconds) -> dict:
+    """baseline_seconds, model_seconds: (R,) times of one step in each of R interleaved rounds.
+    Returns the median over rounds of baseline / model (> 1: the model is faster) and its quartiles."""
+    ratios = np.asarray(baseline_seconds) / np.asarray(model_seconds)
+    low, median, high = np.percentile(ratios, [25, 50, 75])
+    return {"median": float(median), "quartiles": [float(low), float(high)]}
+
+
+def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, rounds: int = 20,
               mc_samples: int = 32, mc_tokens: int = 100 * BATCH, progress=None) -> dict:
     torch.manual_seed(0)
     tokens = torch.randint(0, PTB_VOCAB, (STEPS + 1, BATCH), device=device)
@@ -113,11 +133,14 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
         else:
             model(x, model.initial_state(BATCH, device))
 
+    for name in models:  # warm-up: allocator, first-call dispatch, the compiled recurrence's load
+        for _ in range(2):
+            train_alone(name), eval_step(name)
     train, evaluation = {name: [] for name in models}, {name: [] for name in models}
     for _ in range(rounds):
         for name in models:
-            train[name].append(BATCH * STEPS / _timed(device, lambda: train_alone(name), repeats))
-            evaluation[name].append(BATCH * STEPS / _timed(device, lambda: eval_step(name), repeats))
+            train[name].append(_seconds(device, lambda: train_alone(name)))
+            evaluation[name].append(_seconds(device, lambda: eval_step(name)))
             if progress:
                 progress()
 
@@ -126,7 +149,9 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
     peak = matmul_peak(device, hidden)
     rows = []
     for name in models:
-        row = {"variant": name, "train_wps": max(train[name]), "eval_wps": max(evaluation[name])}
+        row = {"variant": name, "train_wps": BATCH * STEPS / float(np.median(train[name])),
+               "eval_wps": BATCH * STEPS / float(np.median(evaluation[name])),
+               "train_step_seconds": train[name], "eval_step_seconds": evaluation[name]}
         row["train_flops_fraction_of_peak"] = row["train_wps"] * 3 * flops / peak
         if name != BASELINE and models[name].variant.stochastic:
             model, config = models[name], _probabilities(models[name].variant)
@@ -136,13 +161,13 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
             row["mc_cost_in_deterministic_passes"] = monte_carlo / deterministic
         rows.append(row)
     rows_alone = {row["variant"]: row for row in rows}
-    population = population_throughput(registry, device, hidden, layers, rounds, repeats) if POPULATION_VARIANT in registry else []
+    population = population_throughput(registry, device, hidden, layers) if POPULATION_VARIANT in registry else []
     for row in population:
         row["ratio_to_alone"] = row["train_wps"] / rows_alone[POPULATION_VARIANT]["train_wps"]
-    baseline = next(r for r in rows if r["variant"] == BASELINE)
     for row in rows:
-        row["train_ratio_to_baseline"] = row["train_wps"] / baseline["train_wps"]
-        row["eval_ratio_to_baseline"] = row["eval_wps"] / baseline["eval_wps"]
+        for kind in ("train", "eval"):
+            ratio = paired_ratio(train[BASELINE] if kind == "train" else evaluation[BASELINE], row[f"{kind}_step_seconds"])
+            row[f"{kind}_ratio_to_baseline"], row[f"{kind}_ratio_quartiles"] = ratio["median"], ratio["quartiles"]
     return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "hidden_size": hidden, "num_layers": layers,
             "batch_size": BATCH, "bptt": STEPS, "rounds": rounds, "mc_samples": mc_samples,

@@ -124,11 +124,14 @@ def cmd_bench(args) -> int:
         result = run_bench(registry, device, hidden, layers, rounds=args.rounds, progress=lambda: bar.update(1))
     print(f"{result['device_name']}, torch {result['torch']}, {result['threads']} threads; LSTM {hidden}x{layers}, batch {result['batch_size']},"
           f" bptt {result['bptt']}; matmul peak {result['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; {result['flops_per_token_forward'] / 1e6:.1f} MFLOP/token forward")
-    print(f"{'variant':<20} {'train w/s':>10} {'x base':>7} {'eval w/s':>10} {'x base':>7} {'% peak':>7} {'MC samples*w/s':>15} {'MC cost (passes)':>17}")
+    print(f"{'variant':<20} {'train w/s':>10} {'x base':>7} {'quartiles':>11} {'eval w/s':>10} {'x base':>7} {'% peak':>7}"
+          f" {'MC samples*w/s':>15} {'MC cost (passes)':>17}")
     for row in sorted(result["rows"], key=lambda r: r["variant"] != BASELINE):
         mc = f"{row['mc_samples_wps']:>15.0f} {row['mc_cost_in_deterministic_passes']:>17.1f}" if "mc_samples_wps" in row else f"{'-':>15} {'-':>17}"
-        print(f"{row['variant']:<20} {row['train_wps']:>10.0f} {row['train_ratio_to_baseline']:>7.2f} {row['eval_wps']:>10.0f}"
-              f" {row['eval_ratio_to_baseline']:>7.2f} {100 * row['train_flops_fraction_of_peak']:>6.0f}% {mc}")
+        low, high = row["train_ratio_quartiles"]
+        print(f"{row['variant']:<20} {row['train_wps']:>10.0f} {row['train_ratio_to_baseline']:>7.2f} {f'{low:.2f}-{high:.2f}':>11}"
+              f" {row['eval_wps']:>10.0f} {row['eval_ratio_to_baseline']:>7.2f} {100 * row['train_flops_fraction_of_peak']:>6.0f}% {mc}")
+    print(f"x base: median over {result['rounds']} interleaved rounds of the baseline's step time / the variant's; quartiles of those ratios")
     print(f"MC: {result['mc_samples']} samples over {result['batch_size']} streams; cost = time of MC / time of one deterministic pass")
     for row in result["population"]:
         print(f"population of {row['models']} {row['variant']}: {row['train_wps']:.0f} train w/s in all, {row['ratio_to_alone']:.2f}x one model alone")
@@ -197,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure train/eval words per second of every variant beside torch.nn.LSTM")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bench.add_argument("--size", default="small", help="small, medium, large or HxL, e.g. 256x2 (default: small)")
-    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each model's fastest is reported (default 5)")
+    bench.add_argument("--rounds", type=int, default=20, help="interleaved rounds of one step per model; ratios are per-round medians (default 20)")
     bench.add_argument("--only", help="comma-separated variants to measure (default: all registered)")
     bench.add_argument("--plugin", action="append", metavar="FILE")
     bench.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")

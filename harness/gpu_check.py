@@ -395,10 +395,10 @@ def main(argv=None):
     section("1. against float64 on the CPU (relative error, ‖x − ref‖ / ‖ref‖)", 10, correctness)
     section("1b. a population of every variant against each member alone in float64", 10, population)
     section("2. masked recurrence, forward + backward, batch 20, 35 steps", 10, recurrence)
-    section("3. bench medium", 30, bench("medium", 1 if args.tiny else 3))
+    section("3. bench medium", 30, bench("medium", 2 if args.tiny else 15))
     section("4. one epoch of every paper-ptb-medium trial, seed 1, each alone", 120, suite)
     section("5. precision: the same weights evaluated, and one epoch trained, in fp32, TF32 and bf16", 40, precision)
-    section("6. bench large", 30, bench("large", 1 if args.tiny else 2))
+    section("6. bench large", 30, bench("large", 2 if args.tiny else 10))
     section("7. moon-emb cells alone and as one population (float32)", 60, alone_together)
     section("8. MC cost over the whole PTB test set, one stream, 1000 samples (medium, float32)", 60, mc_cost)
 
