@@ -29,8 +29,10 @@ def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ma
     # slice of a single batched product, with no copy before it.
     masked = torch.mul(x.movedim(0, -3).unsqueeze(-4), mask.movedim(0, -3)).contiguous()
     per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2)  # ([S,] G, I, H)
-    out = torch.matmul(masked.flatten(-3, -2), per_gate) + bias.unflatten(-1, (gates, 1, -1))  # ([S,] G, T*B, H)
-    return out.unflatten(-2, (steps, batch)).movedim(-3, 0).movedim(-3, -2).flatten(-2)
+    # One batched product with the bias added in it: ([S,] G, T*B, H).
+    rows = masked.flatten(-3, -2)
+    out = torch.baddbmm(bias.unflatten(-1, (gates, 1, -1)).flatten(0, -3), rows.flatten(0, -3), per_gate.flatten(0, -3))
+    return out.unflatten(0, rows.shape[:-2]).unflatten(-2, (steps, batch)).movedim(-3, 0).movedim(-3, -2).flatten(-2)
 
 
 def project_hidden(h: torch.Tensor, weight: torch.Tensor, base: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
