@@ -10,7 +10,7 @@ The recurrent product runs either as one (B, H) x (H, 4H) product per step or as
 Per gate is faster once W_hh fills half of a core's L2 cache. Measured on a 2-core Xeon with
 2 MiB of L2 per core, time loop forward / backward at batch 20, per gate against one product:
 hidden 200 (W_hh 0.6 MiB) 1.16x / 1.00x, 256 (1.0 MiB) 0.86x / 0.93x, 400 0.79x / 0.93x,
-650 0.93x / 0.97x, 1000 0.72x / 0.94x, 1500 0.67x / 0.82x.
+650 0.92x / 0.97x, 1000 0.71x / 0.94x, 1500 0.67x / 0.82x.
 """
 
 from __future__ import annotations
