@@ -28,22 +28,23 @@ import torch
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
 
 
-def _machine() -> str:
-    """The CPU's identity: the build is tuned to the machine (-march=native), so a home directory
-    shared by different machines must not share one build."""
+def _build_key() -> str:
+    """The machine and the source: the build is tuned to the CPU (-march=native), so a home
+    directory shared by different machines must not share one build, and two checkouts of
+    different versions each keep their own instead of rebuilding over each other."""
     flags = ""
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features"))), "")
     except OSError:
         pass
-    return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:10]
+    return hashlib.sha1(f"{platform.machine()} {flags}".encode() + SOURCE.read_bytes()).hexdigest()[:10]
 
 
 @functools.cache
 def _extension():
     from torch.utils import cpp_extension
 
-    name = f"dropbench_lstm_cpu_{_machine()}"
+    name = f"dropbench_lstm_cpu_{_build_key()}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     if not any(path for pattern in (f"{name}/*.so", f"*/{name}/*.so") for path in root.glob(pattern)):  # (py311_cpu/NAME/...)
         print("dropbench: compiling the CPU recurrence (harness/lstm_cpu.cpp), once for this machine: about 30 s", file=sys.stderr, flush=True)
