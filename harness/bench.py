@@ -135,7 +135,8 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
 
     for name in models:  # warm-up: allocator, first-call dispatch, the compiled recurrence's load
         for _ in range(2):
-            train_alone(name), eval_step(name)
+            train_alone(name)
+            eval_step(name)
     train, evaluation = {name: [] for name in models}, {name: [] for name in models}
     for _ in range(rounds):
         for name in models:

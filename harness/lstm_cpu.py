@@ -47,7 +47,7 @@ def _extension():
     name = f"dropbench_lstm_cpu_{_build_key()}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     if not any(path for pattern in (f"{name}/*.so", f"*/{name}/*.so") for path in root.glob(pattern)):  # (py311_cpu/NAME/...)
-        print("dropbench: compiling the CPU recurrence (harness/lstm_cpu.cpp), once for this machine: about 30 s", file=sys.stderr, flush=True)
+        print("dropbench: compiling the CPU recurrence (harness/lstm_cpu.cpp), once for this machine and version: about 30 s", file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(
             name=name, sources=[str(SOURCE)],
