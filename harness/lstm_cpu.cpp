@@ -190,13 +190,18 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
   }
 }
 
+// Recurrent products per model and step: 4 per gate (asked for, or untied masks), else 1.
+int64_t product_count(bool per_gate, const c10::optional<at::Tensor>& z_h) {
+  return per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight, const at::Tensor& bias,
     const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c, bool per_gate) {
   const auto steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
-  const int64_t products = per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;
+  const int64_t products = product_count(per_gate, z_h);
   auto out = at::empty({steps, S, B, H}, x_proj.options());
   auto acts = at::empty({steps, S, B, 4 * H}, x_proj.options());
   auto cells = at::empty({steps + 1, S, B, H}, x_proj.options());
@@ -211,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& d_out, const at::Tensor& dh, const at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
     const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c,
     bool per_gate) {
-  const int64_t products = per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;
+  const int64_t products = product_count(per_gate, z_h);
   auto d_pre = at::empty_like(acts);
   auto dh_carry = dh.clone(at::MemoryFormat::Contiguous);
   auto dc_carry = dc.clone(at::MemoryFormat::Contiguous);

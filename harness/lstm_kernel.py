@@ -20,7 +20,7 @@ import torch
 
 from . import cuda_graphs, lstm_cpu
 from .masks import step_mask
-from .projections import project_hidden
+from .projections import gate_major_masked, project_hidden
 
 
 def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
@@ -113,7 +113,7 @@ class MaskedLSTM(torch.autograd.Function):
         h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (T, [S,] B, H)
         if z_h is not None and z_h.shape[-3] > 1:  # untied: gate k's rows of W see gate k's mask
             # Laid out gate-major as in project_inputs: one batched (H, T*B) x (T*B, H) product per gate.
-            masked = torch.mul(h_prev.movedim(0, -3).unsqueeze(-4), z_h.movedim(0, -3)).contiguous()  # ([S,] 4, T, B, H)
+            masked = gate_major_masked(h_prev, z_h)  # ([S,] 4, T, B, H)
             d_gates = d_pre.unflatten(-1, (4, -1))  # (T, [S,] B, 4, H)
             d_gates = d_gates.permute(2, 3, 0, 1) if weight.dim() == 2 else d_gates.permute(1, 3, 4, 0, 2)  # ([S,] 4, H, T, B)
             d_weight = torch.matmul(d_gates.flatten(-2), masked.flatten(-3, -2)).flatten(-3, -2)

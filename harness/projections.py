@@ -13,6 +13,13 @@ from typing import Optional
 import torch
 
 
+def gate_major_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x: (T, [S,] B, I), mask: (T|1, [S,] G, B, I). Returns gate k's masked copy of x for every k,
+    laid out ([S,] G, T, B, I), contiguous: each gate's (T*B, I) rows are then one slice of a
+    single batched product, with no copy before it."""
+    return torch.mul(x.movedim(0, -3).unsqueeze(-4), mask.movedim(0, -3)).contiguous()
+
+
 def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """x: (T, [S,] B, I), mask: None or (T|1, [S,] G|1, B, I). Returns (T, [S,] B, G*H) =
     mask(x) W^T + b, where with G masks gate k sees only its own masked copy of x."""
@@ -25,9 +32,7 @@ def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ma
         out = torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1).reshape(models, steps * batch, -1), weight.transpose(1, 2))
         return out.view(models, steps, batch, -1).transpose(0, 1)
     gates, steps, batch = mask.shape[-3], x.shape[0], x.shape[-2]
-    # Masked copies laid out ([S,] G, T, B, I), so that each gate's product is one (T*B, I) x (I, H)
-    # slice of a single batched product, with no copy before it.
-    masked = torch.mul(x.movedim(0, -3).unsqueeze(-4), mask.movedim(0, -3)).contiguous()
+    masked = gate_major_masked(x, mask)
     per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2)  # ([S,] G, I, H)
     # One batched product with the bias added in it: ([S,] G, T*B, H).
     rows = masked.flatten(-3, -2)
