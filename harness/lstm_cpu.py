@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -63,13 +64,17 @@ def available() -> bool:
     return _extension() is not None
 
 
-def _l2_cache_bytes() -> int:
-    """One core's L2 cache as the OS reports it; 1 MiB where it does not say."""
-    try:
-        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
-    except (ValueError, OSError):
-        size = 0
-    return size if size > 0 else 2**20
+def _l2_cache_bytes(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """One core's L2 cache as Linux reports it (sysfs: level 2, size "2048K"); 1 MiB where it
+    does not say. Python's os.sysconf has no name for it."""
+    for index in sorted(cache_dir.glob("index*")):
+        try:
+            level, size = (index / "level").read_text().strip(), (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if level == "2" and (match := re.fullmatch(r"(\d+)([KMG]?)", size)):
+            return int(match[1]) * 1024 ** " KMG".index(match[2] or " ")
+    return 2**20
 
 
 def per_gate_products(weight: torch.Tensor) -> bool:

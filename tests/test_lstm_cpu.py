@@ -1,6 +1,9 @@
 """The compiled CPU recurrence (`harness/lstm_cpu.cpp`) against the Python loop of
 `lstm_kernel.py` it replaces: every mask pattern, alone and in a population, forward and backward."""
 
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -55,6 +58,26 @@ def test_the_product_runs_per_gate_once_the_recurrent_weight_fills_half_the_l2_c
     assert lstm_cpu.per_gate_products(torch.empty(4 * 256, 256))  # 1 MiB
     assert lstm_cpu.per_gate_products(torch.empty(4 * 200, 200, dtype=torch.float64))
     assert not lstm_cpu.per_gate_products(torch.empty(8, 4 * 200, 200))  # a population: per model
+
+
+def test_the_l2_size_is_read_from_sysfs_and_defaults_to_1_mib(tmp_path):
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "64K"), ("2", "Unified", "2048K"), ("3", "Unified", "480M")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(text + "\n")
+    assert lstm_cpu._l2_cache_bytes(tmp_path) == 2048 * 1024
+    assert lstm_cpu._l2_cache_bytes(tmp_path / "absent") == 2**20
+
+
+def test_the_l2_size_agrees_with_getconf():
+    getconf = shutil.which("getconf")
+    if getconf is None:
+        pytest.skip("no getconf on this machine")
+    reported = subprocess.run([getconf, "LEVEL2_CACHE_SIZE"], capture_output=True, text=True).stdout.strip()
+    if not reported.isdigit() or int(reported) == 0:
+        pytest.skip("getconf does not report the L2 size here")
+    assert lstm_cpu._l2_cache_bytes() == int(reported)
 
 
 def test_masks_in_another_dtype_than_the_model_are_taken_as_the_models():
