@@ -115,7 +115,7 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
         if name == BASELINE:
             logits = model(x)
         else:
-            masks = model.draw_masks(_probabilities(model.variant), STEPS, BATCH, device)
+            masks = model.draw_masks(_probabilities(model.variant), x, device)
             logits, _ = model(x, model.initial_state(BATCH, device), masks)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         model.zero_grad(set_to_none=True)
@@ -191,7 +191,7 @@ def population_throughput(registry: dict, device: torch.device, hidden: int, lay
 
     def step(size):
         population, lr, max_norm = setups[size]
-        masks = [member.draw_masks(config, STEPS, BATCH, device) for member in population.members]
+        masks = [member.draw_masks(config, x, device) for member in population.members]
         train_step(population, x, y, masks, population.initial_state(BATCH), lr, max_norm)
 
     wps = {size: [] for size in sizes}

@@ -37,7 +37,7 @@ def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, dev
     passes run side by side as K copies of every stream. As in the authors' MC code, each pass
     holds one mask over its whole stream (per-step masks stay per step) and word-type embedding
     dropout is off; masks come from `generator` (default: the global one).
-    `draw(steps, rows, keep) -> ChunkMasks` replaces the model's mask drawing (tests).
+    `draw(tokens, keep) -> ChunkMasks` replaces the model's mask drawing (tests).
     """
     was_training = model.training
     model.eval()
@@ -45,7 +45,7 @@ def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, dev
     length = data.shape[0]
     samples = max(mc_samples, 1)
     per_group = max(1, min(samples, MAX_LOGIT_ELEMENTS // (bptt * model.vocab_size * streams))) if mc_samples else 1
-    draw = draw or (lambda steps, rows, keep: model.draw_masks(config, steps, rows, device, embedding=False, keep=keep, generator=generator))
+    draw = draw or (lambda tokens, keep: model.draw_masks(config, tokens, device, embedding=False, keep=keep, generator=generator))
     total = None
     for first in range(0, samples, per_group):
         copies = min(per_group, samples - first)
@@ -57,7 +57,7 @@ def lm_target_logprobs(model, stream: torch.Tensor, streams: int, bptt: int, dev
             y = rows[start + 1 : start + 1 + x.shape[0]]
             masks = None
             if mc_samples:
-                masks = draw(x.shape[0], x.shape[1], held)
+                masks = draw(x, held)
                 held = held or masks
             logits, state = model(x, state, masks)
             logits = _at_least_float32(logits)  # under bf16 autocast the softmax runs in float32
@@ -91,7 +91,7 @@ def sentiment_predictions(model, segments: torch.Tensor, batch_size: int, device
     out = []
     for start in range(0, segments.shape[0], rows):
         x = segments[start : start + rows].to(device).t().repeat_interleave(copies, dim=1)  # (T, rows * K)
-        masks = model.draw_masks(config, x.shape[0], x.shape[1], device) if mc_samples else None
+        masks = model.draw_masks(config, x, device) if mc_samples else None
         out.append(_at_least_float32(model(x, masks)).view(-1, copies).mean(1))
     model.train(was_training)
     return torch.cat(out).double().cpu().numpy()

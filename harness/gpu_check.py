@@ -78,7 +78,7 @@ def check_against_float64(device: torch.device, hidden: int) -> list[dict]:
         torch.manual_seed(100 + number)
         reference = LanguageModel(1000, "lstm", hidden, 2, variant).double()
         tokens = torch.randint(0, 1000, (35, 8))
-        masks = reference.draw_masks(PROBABILITIES, 35, 8, "cpu")
+        masks = reference.draw_masks(PROBABILITIES, tokens, "cpu")
 
         def run(model, masks):
             model.zero_grad()
@@ -220,7 +220,7 @@ def check_population(device: torch.device, hidden: int) -> list[dict]:
     references = [LanguageModel(1000, "lstm", hidden, 2, variant).double() for variant in registry.values()]
     tokens = torch.randint(0, 1000, (36, 8))
     x, y = tokens[:-1], tokens[1:]
-    masks = [model.draw_masks(PROBABILITIES, 35, 8, "cpu") for model in references]
+    masks = [model.draw_masks(PROBABILITIES, x, "cpu") for model in references]
     members = []
     for reference in references:
         member = LanguageModel(1000, "lstm", hidden, 2, reference.variant).to(device)

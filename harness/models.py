@@ -41,20 +41,21 @@ class _Recurrent(nn.Module):
     def initial_state(self, batch: int, device=None) -> list[tuple]:
         return [layer.initial_state(batch, device) for layer in self.layers]
 
-    def draw_masks(self, config: dict, steps: int, batch: int, device, embedding: bool = True, keep: Optional[ChunkMasks] = None,
+    def draw_masks(self, config: dict, tokens: torch.Tensor, device, embedding: bool = True, keep: Optional[ChunkMasks] = None,
                    generator: Optional[torch.Generator] = None) -> ChunkMasks:
+        """Masks for the chunk tokens (T, B) (see `masks.draw_masks`)."""
         return draw_masks(
-            self.variant, config, steps, batch,
+            self.variant, config, tokens,
             input_sizes=[layer.input_size for layer in self.layers],
-            hidden_size=self.hidden_size, num_gates=self.num_gates, vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size, num_gates=self.num_gates,
             device=device, embedding=embedding, keep=keep, generator=generator,
         )
 
     def run_layers(self, tokens: torch.Tensor, state: list[tuple], masks: Optional[ChunkMasks]):
         """tokens: (T, B). Returns the top layer's output (T, B, H) with output dropout applied, and the new state."""
         x = self.embedding(tokens)
-        if masks is not None and (scale := masks.embedding_scale(tokens)) is not None:
-            x = x * scale
+        if masks is not None and masks.embedding is not None:
+            x = x * masks.embedding.unsqueeze(-1)
         new_state = []
         for index, layer in enumerate(self.layers):
             x, layer_state = layer(x, state[index], masks.layers[index] if masks else None, self.variant.cell_step)

@@ -76,9 +76,9 @@ class Population:
         Returns logits (S, T*B, V) in (t, b) order and the new state, per layer (h, c) each (S, B, H)."""
         p = self.params
         x = p["embedding.weight"][:, tokens].transpose(0, 1)  # (T, S, B, E)
-        scale = stack_masks([m.embedding_scale(tokens) for m in masks])
-        if scale is not None:
-            x = x * scale
+        words = stack_masks([m.embedding for m in masks])  # (T, S, B)
+        if words is not None:
+            x = x * words.unsqueeze(-1)
         new_state = []
         for index, (h, c) in enumerate(state):
             layer = f"layers.{index}."
@@ -139,7 +139,7 @@ def train_epoch_together(trials: list, train: torch.Tensor, bar) -> list[tuple[f
     for start in range(0, train.shape[0] - 1, bptt):
         x = train[start : min(start + bptt, train.shape[0] - 1)]
         y = train[start + 1 : start + 1 + x.shape[0]]
-        masks = [t.model.draw_masks(t.config, x.shape[0], batch, device, generator=t.generator) for t in trials]
+        masks = [t.model.draw_masks(t.config, x, device, generator=t.generator) for t in trials]
         with autocast(config, device):
             losses, state = train_step(population, x, y, masks, state, lr, max_norm, keep)
         loss_sum += losses * x.shape[0]

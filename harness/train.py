@@ -283,7 +283,7 @@ def _train_epoch_alone(trial: LanguageModelTrial, train: torch.Tensor, bar: Prog
     for start in range(0, train.shape[0] - 1, bptt):
         x = train[start : min(start + bptt, train.shape[0] - 1)]
         y = train[start + 1 : start + 1 + x.shape[0]]
-        masks = model.draw_masks(config, x.shape[0], batch, device, generator=trial.generator)
+        masks = model.draw_masks(config, x, device, generator=trial.generator)
         with autocast(config, device):
             logits, state = model(x, _detach(state), masks)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
@@ -339,7 +339,7 @@ def train_sentiment(config, variant, data_dir, device, checkpoint, progress) -> 
         for first in range(0, train_x.shape[0], batch):
             rows = order[first : first + batch]
             x, y = train_x[rows].t().to(device), train_y[rows].to(device)
-            masks = model.draw_masks(config, x.shape[0], x.shape[1], device)
+            masks = model.draw_masks(config, x, device)
             with autocast(config, device):
                 loss = F.mse_loss(model(x, masks), y)
             optimizer.zero_grad(set_to_none=True)

@@ -31,7 +31,7 @@ def test_zero_probabilities_reproduce_torch_nn(registry, name, cell):
     model = LanguageModel(50, cell, 8, 2, variant, embedding_size=6).double()
     model.train()
     tokens = torch.randint(0, 50, (9, 3))
-    masks = model.draw_masks(ZERO, 9, 3, "cpu")
+    masks = model.draw_masks(ZERO, tokens, "cpu")
     top, state = model.run_layers(tokens, model.initial_state(3), masks)
     ref_out, ref_state = reference_stack(model, cell)(model.embedding(tokens))
     torch.testing.assert_close(top, ref_out, rtol=0, atol=1e-12)
@@ -62,7 +62,7 @@ def test_fused_kernel_path_equals_the_step_loop(registry, name, cell, monkeypatc
     model = LanguageModel(50, cell, 8, 2, registry[name]).double()
     tokens = torch.randint(0, 50, (9, 3))
     config = {"p_input": 0.5, "p_output": 0.5, "p_embedding": 0.3, "p_recurrent": 0.0}
-    masks = model.draw_masks(config, 9, 3, "cpu")
+    masks = model.draw_masks(config, tokens, "cpu")
     for layer in masks.layers:
         layer.input = None if layer.input is None else layer.input.double()
     masks.output = None if masks.output is None else masks.output.double()

@@ -22,7 +22,7 @@ class FixedProbabilities(torch.nn.Module):
     def initial_state(self, batch, device=None):
         return []
 
-    def draw_masks(self, config, steps, batch, device, embedding=True, keep=None, generator=None):
+    def draw_masks(self, config, tokens, device, embedding=True, keep=None, generator=None):
         return "masks"
 
     def forward(self, tokens, state, masks=None):
@@ -96,7 +96,7 @@ def _rows(masks, rows):
     def pick(mask):
         return None if mask is None else mask[..., rows, :]
     return ChunkMasks([LayerMasks(pick(l.input), pick(l.recurrent), pick(l.cell)) for l in masks.layers],
-                      embedding=None if masks.embedding is None else masks.embedding[rows], output=pick(masks.output))
+                      embedding=None if masks.embedding is None else masks.embedding[:, rows], output=pick(masks.output))
 
 
 @pytest.mark.parametrize("name", ["variational-untied", "zaremba", "moon"])
@@ -107,8 +107,8 @@ def test_mc_with_k_samples_is_the_mean_of_k_single_sample_evaluations_with_the_s
     stream = torch.randint(0, 30, (50,))
     drawn = []
 
-    def record(steps, rows, keep):
-        masks = model.draw_masks(config, steps, rows, "cpu", embedding=False, keep=keep)
+    def record(tokens, keep):
+        masks = model.draw_masks(config, tokens, "cpu", embedding=False, keep=keep)
         for layer in masks.layers:
             for slot in ("input", "recurrent", "cell"):
                 if getattr(layer, slot) is not None:
@@ -124,7 +124,7 @@ def test_mc_with_k_samples_is_the_mean_of_k_single_sample_evaluations_with_the_s
     for k in range(samples):
         replay = iter(chunks)
         single, _ = lm_target_logprobs(model, stream, 1, 8, "cpu", config, mc_samples=1,
-                                       draw=lambda steps, rows, keep: _rows(next(replay), slice(k, k + 1)))
+                                       draw=lambda tokens, keep: _rows(next(replay), slice(k, k + 1)))
         singles.append(single)
     expected = np.log(np.mean(np.exp(np.stack(singles)), axis=0))
     np.testing.assert_allclose(mc, expected, rtol=1e-10)

@@ -12,9 +12,10 @@ STEPS, BATCH, INPUT, HIDDEN, VOCAB = 7, 6, 5, 4, 9
 P = {"p_embedding": 0.5, "p_input": 0.5, "p_recurrent": 0.5, "p_cell": 0.5, "p_output": 0.5}
 
 
-def draw(variant, steps=STEPS, batch=BATCH, config=P, layers=2):
+def draw(variant, steps=STEPS, batch=BATCH, config=P, layers=2, tokens=None):
     torch.manual_seed(0)
-    return draw_masks(variant, config, steps, batch, [INPUT] + [HIDDEN] * (layers - 1), HIDDEN, 4, VOCAB, "cpu")
+    tokens = torch.randint(0, VOCAB, (steps, batch)) if tokens is None else tokens
+    return draw_masks(variant, config, tokens, [INPUT] + [HIDDEN] * (layers - 1), HIDDEN, 4, "cpu")
 
 
 def per_step(mask, steps=STEPS):
@@ -40,7 +41,7 @@ def test_variational_masks_repeat_over_time_and_differ_across_sequences(registry
             assert all(torch.equal(full[0], full[t]) for t in range(STEPS))
             assert rows_differ(full[0], row_dim=1)  # (G, B, size): rows are batch entries
     assert rows_differ(per_step(masks.output)[0], row_dim=0)
-    again = draw_masks(registry[name], P, STEPS, BATCH, [INPUT, HIDDEN], HIDDEN, 4, VOCAB, "cpu")
+    again = draw_masks(registry[name], P, torch.randint(0, VOCAB, (STEPS, BATCH)), [INPUT, HIDDEN], HIDDEN, 4, "cpu")
     assert not torch.equal(again.layers[0].recurrent, masks.layers[0].recurrent)  # a new draw for the next sequence
 
 
@@ -75,21 +76,33 @@ def test_moon_cell_mask_is_constant_over_time_and_inputs_are_per_step(registry, 
 def test_word_type_dropout_drops_every_occurrence_of_a_word_in_a_sequence(registry, name):
     torch.manual_seed(1)
     tokens = torch.randint(0, 3, (40, BATCH))  # few types, many repeats
-    masks = draw(registry[name], steps=40)
-    scale = masks.embedding_scale(tokens).squeeze(-1)  # (T, B)
+    scale = draw(registry[name], steps=40, tokens=tokens).embedding  # (T, B)
+    assert scale.shape == tokens.shape
+    per_row_and_word = {}
     for b in range(BATCH):
         for word in tokens[:, b].unique():
             values = scale[tokens[:, b] == word, b]
             assert torch.all(values == values[0])
-    dropped = [(scale[:, b] == 0).any().item() for b in range(BATCH)]
-    kept = [(scale[:, b] > 0).any().item() for b in range(BATCH)]
-    assert any(dropped) and any(kept)
-    assert rows_differ(masks.embedding, row_dim=0)  # rows draw independently
+            per_row_and_word[b, int(word)] = float(values[0])
+    assert set(per_row_and_word.values()) == {0.0, 2.0}  # p = 0.5: dropped or scaled by 1/(1-p)
+    for word in range(3):  # rows draw independently: a word is dropped in some rows and kept in others
+        assert len({v for (b, w), v in per_row_and_word.items() if w == word}) == 2
+
+
+def test_word_type_dropout_drops_each_word_type_with_probability_p(registry):
+    # 4000 rows, each one word repeated 6 times and one other once: a per-token draw would drop
+    # the repeated word's 6 tokens independently; per type they share one draw.
+    tokens = torch.cat([torch.full((6, 4000), 7), torch.full((1, 4000), 3)])
+    scale = draw(registry["variational-tied"], steps=7, batch=4000, config={**P, "p_embedding": 0.3}, tokens=tokens).embedding
+    assert torch.equal(scale[:6], scale[:1].expand(6, -1))
+    for row in (scale[0], scale[6]):
+        assert (row == 0).float().mean().item() == pytest.approx(0.3, abs=0.025)  # sd 0.007
+    assert ((scale[0] == 0) & (scale[6] == 0)).float().mean().item() == pytest.approx(0.09, abs=0.02)  # independent types
 
 
 def test_mask_values_are_inverted_dropout_with_the_requested_rate(registry):
     config = {**P, "p_recurrent": 0.3}
-    masks = draw_masks(registry["variational-untied"], config, 1, 4000, [INPUT], 50, 4, VOCAB, "cpu")
+    masks = draw_masks(registry["variational-untied"], config, torch.zeros(1, 4000, dtype=torch.long), [INPUT], 50, 4, "cpu")
     values = masks.layers[0].recurrent
     assert values.unique().tolist() == pytest.approx([0.0, 1 / 0.7])
     assert (values == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
@@ -162,7 +175,7 @@ def test_model_output_dropout_hits_the_top_layer_only(registry):
     torch.manual_seed(0)
     model = LanguageModel(VOCAB, "lstm", HIDDEN, 2, registry["variational-tied"]).double()
     tokens = torch.randint(0, VOCAB, (STEPS, BATCH))
-    masks = model.draw_masks({"p_output": 0.5}, STEPS, BATCH, "cpu")
+    masks = model.draw_masks({"p_output": 0.5}, tokens, "cpu")
     masks.output = masks.output.double()
     assert all(l.input is None for l in masks.layers)
     logits, _ = model(tokens, model.initial_state(BATCH), masks)
@@ -185,7 +198,7 @@ def test_a_variant_may_supply_its_own_cell_step():
     torch.manual_seed(0)
     model = LanguageModel(VOCAB, "lstm", HIDDEN, 1, variant).double()
     tokens = torch.randint(0, VOCAB, (STEPS, BATCH))
-    masks = model.draw_masks({"p_cell": 0.5}, STEPS, BATCH, "cpu")
+    masks = model.draw_masks({"p_cell": 0.5}, tokens, "cpu")
     z_c = masks.layers[0].cell = masks.layers[0].cell.double()
     top, _ = model.run_layers(tokens, model.initial_state(BATCH), masks)
     layer, x = model.layers[0], model.embedding(tokens)

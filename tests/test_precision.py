@@ -26,8 +26,8 @@ def test_bf16_training_moves_the_weights_and_lands_near_float32(name, registry, 
 def test_the_masked_recurrence_stays_float32_under_bf16_autocast(registry):
     torch.manual_seed(0)
     model = LanguageModel(100, "lstm", 16, 1, registry["variational-tied"])
-    masks = model.draw_masks({"p_recurrent": 0.3, "p_cell": 0.0}, 5, 3, "cpu")
     tokens = torch.randint(0, 100, (5, 3))
+    masks = model.draw_masks({"p_recurrent": 0.3, "p_cell": 0.0}, tokens, "cpu")
     with autocast({"precision": "bf16"}, torch.device("cpu")):
         top, state = model.run_layers(tokens, model.initial_state(3), masks)
         logits, _ = model(tokens, model.initial_state(3), masks)

@@ -30,7 +30,7 @@ def test_cell_forward_backward_per_variant(benchmark, name):
     layer: RecurrentLayer = model.layers[0]
 
     def step():
-        masks = model.draw_masks(PROBABILITIES, STEPS, BATCH, "cpu").layers[0]
+        masks = model.draw_masks(PROBABILITIES, torch.randint(0, 100, (STEPS, BATCH)), "cpu").layers[0]
         out, _ = layer(x, layer.initial_state(BATCH), masks, REGISTRY[name].cell_step)
         out.sum().backward()
 
@@ -56,7 +56,7 @@ def test_population_train_step(benchmark, models):
     ones = torch.ones(models)
 
     def step():
-        masks = [member.draw_masks(PROBABILITIES, STEPS, BATCH, "cpu") for member in members]
+        masks = [member.draw_masks(PROBABILITIES, tokens[:-1], "cpu") for member in members]
         train_step(population, tokens[:-1], tokens[1:], masks, population.initial_state(BATCH), ones * 0.1, ones * 5.0)
 
     benchmark(step)
