@@ -5,12 +5,12 @@ with the machine's C++ compiler and cached by PyTorch (`torch.utils.cpp_extensio
 without the population dimension. `available()` is False where no compiler is found; the
 recurrence then runs the Python loop, with a one-line warning.
 
-The recurrent product runs either as one (B, H) x (H, 4H) product per step or as four per-gate
-(B, H) x (H, H) products (always so for untied masks, where each gate has its own masked input).
-Per gate is faster once W_hh fills half of a core's L2 cache. Measured on a 2-core Xeon with
-2 MiB of L2 per core, time loop forward / backward at batch 20, per gate against one product:
-hidden 200 (W_hh 0.6 MiB) 1.16x / 1.00x, 256 (1.0 MiB) 0.86x / 0.93x, 400 0.79x / 0.93x,
-650 0.92x / 0.97x, 1000 0.71x / 0.94x, 1500 0.67x / 0.82x.
+The forward's recurrent product runs either as one (B, H) x (H, 4H) product per step or as four
+per-gate (B, H) x (H, H) products (always so for untied masks, where each gate has its own masked
+input). Per gate is faster once W_hh fills half of a core's L2 cache. Measured on a 2-core Xeon
+with 2 MiB of L2 per core, forward time loop at batch 20, per gate against one product: hidden 200
+(W_hh 0.6 MiB) 1.16x, 256 (1.0 MiB) 0.86x, 400 0.79x, 650 0.92x, 1000 0.71x, 1500 0.67x. The
+backward runs per gate at every size: 0.86x the time of one product at hidden 200, 0.94x at 650.
 """
 
 from __future__ import annotations
@@ -112,15 +112,14 @@ def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None):
     return out, acts, cells, tanh_c
 
 
-def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, per_gate=None):
+def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
     population = weight.dim() == 3
     z_h, z_c = _spelled_out(z_h, z_c, rows=acts.shape[1:-1])
     dtype = acts.dtype
     d_pre, dh, dc = _extension().backward(
         _with_models(d_out, 1, population, dtype),
         *(_with_models(t, 0, population, dtype) for t in (dh, dc, weight)),
-        *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)),
-        per_gate_products(weight) if per_gate is None else per_gate)
+        *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)))
     if not population:
         d_pre, dh, dc = d_pre.squeeze(1), dh.squeeze(0), dc.squeeze(0)
     return d_pre, dh, dc

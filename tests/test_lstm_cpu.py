@@ -30,11 +30,14 @@ def _case(pattern: str, models, dtype, generator):
             randn(*lead, 4 * HIDDEN, HIDDEN, scale=0.4), randn(*lead, 4 * HIDDEN), z_h, z_c)
 
 
+CASES = [pytest.param(pattern, models, dtype, tolerance, id=f"{pattern}-{'alone' if models is None else 'population'}-{dtype}")
+         for pattern in ["none", "tied", "untied", "per-step", "cell", "cell-sequence"] for models in [None, 3]
+         for dtype, tolerance in [(torch.float64, 1e-12), (torch.float32, 2e-5)]]
+
+
 @pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-@pytest.mark.parametrize("models", [None, 3])
-@pytest.mark.parametrize("pattern", ["none", "tied", "untied", "per-step", "cell", "cell-sequence"])
-def test_compiled_steps_compute_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate):
+@pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
+def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate):
     generator = torch.Generator().manual_seed(7)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator)
     expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
@@ -43,10 +46,15 @@ def test_compiled_steps_compute_what_the_python_loop_computes(pattern, models, d
         assert g.shape == e.shape and g.dtype == e.dtype, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
 
-    out, acts, cells, tanh_c = expected
+
+@pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
+def test_compiled_backward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance):
+    generator = torch.Generator().manual_seed(7)
+    x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator)
+    out, acts, cells, tanh_c = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
     d_out, dh, dc = torch.randn_like(out), torch.randn_like(h0), torch.randn_like(c0)
     expected = lstm_kernel.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
-    got = lstm_cpu.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, per_gate)
+    got = lstm_cpu.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
     for name, e, g in zip(["d_pre", "dh", "dc"], expected, got):
         assert g.shape == e.shape, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
