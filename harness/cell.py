@@ -76,10 +76,10 @@ class RecurrentLayer(nn.Module):
         if self.use_fused_kernel and cell_step is None and masks.recurrent is None and masks.cell is None \
                 and (masks.input is None or masks.input.shape[1] == 1):
             return self._fused(x if masks.input is None else x * masks.input[:, 0], state)
-        x_proj = project_inputs(x, self.weight_ih, self.bias_ih, masks.input)
         if self.cell == "lstm" and cell_step is None:
-            out, h, c = masked_lstm(x_proj, *state, self.weight_hh, self.bias_hh, masks.recurrent, masks.cell)
+            out, h, c = masked_lstm(x, masks.input, *state, self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh, masks.recurrent, masks.cell)
             return out, (h, c)
+        x_proj = project_inputs(x, self.weight_ih, self.bias_ih, masks.input)
         outputs = []
         if self.cell == "lstm":
             step = cell_step or lstm_step

@@ -7,7 +7,7 @@ when the time budget left cannot hold it, so that one call always ends with a ta
 1. correctness: every variant's logits and gradients on the device (float32 with and without CUDA
    graphs, TF32, bf16 autocast) against a float64 CPU reference with the same weights and masks;
    1b. a population of every variant against each member's own float64 forward pass;
-2. the masked recurrence, forward + backward, with and without CUDA graphs;
+2. the masked LSTM layer (input projection and recurrence), forward + backward, with and without CUDA graphs;
 3. `dropbench bench` at medium, with population throughput for S = 1, 2, 4, 8;
 4. one epoch over the whole training set of every paper-ptb-medium trial (every row and grid
    cell, seed 1), each alone: the epoch time per variant beside the paper's words/s;
@@ -42,7 +42,7 @@ from .bench import run_bench
 from .config import expand, load_suite
 from .data import load_ptb, resolve_data_dir
 from .evaluate import lm_target_logprobs
-from .lstm_kernel import MaskedLSTM
+from .lstm_kernel import MaskedLSTM, masked_lstm
 from .masks import ChunkMasks, LayerMasks
 from .models import LanguageModel
 from .population import Population, train_step
@@ -101,20 +101,20 @@ def check_against_float64(device: torch.device, hidden: int) -> list[dict]:
 
 
 def time_recurrence(device: torch.device, sizes: list[int], batch: int = 20, steps: int = 35, repeats: int = 20) -> list[dict]:
-    """Milliseconds per forward + backward of the masked recurrence (tied recurrent and cell masks),
-    median over `repeats`, with and without CUDA graphs."""
+    """Milliseconds per forward + backward of the masked LSTM layer (tied input, recurrent and cell
+    masks), median over `repeats`, with and without CUDA graphs."""
     rows = []
     for hidden in sizes:
         torch.manual_seed(hidden)
-        x_proj = torch.randn(steps, batch, 4 * hidden, device=device, requires_grad=True)
+        x = torch.randn(steps, batch, hidden, device=device, requires_grad=True)
         h0, c0 = torch.randn(2, batch, hidden, device=device).unbind(0)
-        weight = (torch.randn(4 * hidden, hidden, device=device) / hidden**0.5).requires_grad_()
-        bias = torch.zeros(4 * hidden, device=device, requires_grad=True)
-        z_h = torch.empty(1, 1, batch, hidden, device=device).bernoulli_(0.7) / 0.7
+        w_ih, w_hh = ((torch.randn(4 * hidden, hidden, device=device) / hidden**0.5).requires_grad_() for _ in range(2))
+        b_ih, b_hh = (torch.zeros(4 * hidden, device=device, requires_grad=True) for _ in range(2))
+        z_x, z_h = (torch.empty(1, 1, batch, hidden, device=device).bernoulli_(0.7) / 0.7 for _ in range(2))
         z_c = torch.empty(1, batch, hidden, device=device).bernoulli_(0.75) / 0.75
 
         def step():
-            out, h, c = MaskedLSTM.apply(x_proj, h0, c0, weight, bias, z_h, z_c)
+            out, h, c = masked_lstm(x, z_x, h0, c0, w_ih, b_ih, w_hh, b_hh, z_h, z_c)
             (out.sum() + h.sum() + c.sum()).backward()
 
         for graphs in (False, True):
@@ -394,7 +394,7 @@ def main(argv=None):
 
     section("1. against float64 on the CPU (relative error, ‖x − ref‖ / ‖ref‖)", 10, correctness)
     section("1b. a population of every variant against each member alone in float64", 10, population)
-    section("2. masked recurrence, forward + backward, batch 20, 35 steps", 10, recurrence)
+    section("2. masked LSTM layer, forward + backward, batch 20, 35 steps", 10, recurrence)
     section("3. bench medium", 30, bench("medium", 2 if args.tiny else 15))
     section("4. one epoch of every paper-ptb-medium trial, seed 1, each alone", 120, suite)
     section("5. precision: the same weights evaluated, and one epoch trained, in fp32, TF32 and bf16", 40, precision)

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from .lstm_kernel import masked_lstm
 from .masks import ChunkMasks
 from .precision import autocast
-from .projections import project_inputs
 
 # Everything that fixes a model's shape, its training data stream and its arithmetic.
 SHARED_KEYS = ("task", "cell", "hidden_size", "embedding_size", "num_layers", "bptt", "batch_size", "train_tokens",
@@ -82,8 +81,8 @@ class Population:
         new_state = []
         for index, (h, c) in enumerate(state):
             layer = f"layers.{index}."
-            x_proj = project_inputs(x, p[layer + "weight_ih"], p[layer + "bias_ih"], stack_masks([m.layers[index].input for m in masks]))
-            x, h, c = masked_lstm(x_proj, h, c, p[layer + "weight_hh"], p[layer + "bias_hh"],
+            x, h, c = masked_lstm(x, stack_masks([m.layers[index].input for m in masks]), h, c, p[layer + "weight_ih"], p[layer + "bias_ih"],
+                                  p[layer + "weight_hh"], p[layer + "bias_hh"],
                                   stack_masks([m.layers[index].recurrent for m in masks]), stack_masks([m.layers[index].cell for m in masks]))
             new_state.append((h, c))
         output = stack_masks([m.output for m in masks])

@@ -13,11 +13,32 @@ from typing import Optional
 import torch
 
 
-def gate_major_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x: (T, [S,] B, I), mask: (T|1, [S,] G, B, I). Returns gate k's masked copy of x for every k,
-    laid out ([S,] G, T, B, I), contiguous: each gate's (T*B, I) rows are then one slice of a
-    single batched product, with no copy before it."""
-    return torch.mul(x.movedim(0, -3).unsqueeze(-4), mask.movedim(0, -3)).contiguous()
+def gate_major_masked(x: torch.Tensor, mask: Optional[torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x: (T, [S,] B, I), mask: None or (T|1, [S,] G|1, B, I). Returns gate k's masked copy of x
+    for every k, laid out ([S,] G, T, B, I): each gate's (T*B, I) rows are then one slice of a
+    single batched product, with no copy before it. Written into `out` ([S,] G, T, B, I'), a
+    slice of a wider buffer, where given (G may exceed the mask's: a tied mask serves every gate);
+    else a new contiguous tensor with the mask's G."""
+    x = x.movedim(0, -3).unsqueeze(-4)
+    if out is None:
+        return torch.mul(x, mask.movedim(0, -3)).contiguous()
+    if mask is None:
+        return out.copy_(x.expand_as(out))
+    return torch.mul(x.expand_as(out), mask.movedim(0, -3).expand_as(out), out=out)
+
+
+def project_gate_major(masked: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """masked ([S,] G, T, B, I) from `gate_major_masked`, weight ([S,] N, I), bias None or ([S,] N).
+    Returns (T, [S,] B, N) whose k-th block of N/G columns is masked_k W_k^T (+ b_k): one batched
+    product, with the bias added in it (G = 1: every gate from one copy)."""
+    gates, steps, batch = masked.shape[-4:-1]
+    per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2).flatten(0, -3)  # ([S*]G, I, N/G)
+    rows = masked.flatten(-3, -2)  # ([S,] G, T*B, I)
+    if bias is None:
+        out = torch.bmm(rows.flatten(0, -3), per_gate)
+    else:
+        out = torch.baddbmm(bias.unflatten(-1, (gates, 1, -1)).flatten(0, -3), rows.flatten(0, -3), per_gate)
+    return out.unflatten(0, rows.shape[:-2]).unflatten(-2, (steps, batch)).movedim(-3, 0).movedim(-3, -2).flatten(-2)
 
 
 def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -31,13 +52,7 @@ def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ma
         steps, models, batch, _ = x.shape  # one (T*B, I) x (I, G*H) product per model
         out = torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1).reshape(models, steps * batch, -1), weight.transpose(1, 2))
         return out.view(models, steps, batch, -1).transpose(0, 1)
-    gates, steps, batch = mask.shape[-3], x.shape[0], x.shape[-2]
-    masked = gate_major_masked(x, mask)
-    per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2)  # ([S,] G, I, H)
-    # One batched product with the bias added in it: ([S,] G, T*B, H).
-    rows = masked.flatten(-3, -2)
-    out = torch.baddbmm(bias.unflatten(-1, (gates, 1, -1)).flatten(0, -3), rows.flatten(0, -3), per_gate.flatten(0, -3))
-    return out.unflatten(0, rows.shape[:-2]).unflatten(-2, (steps, batch)).movedim(-3, 0).movedim(-3, -2).flatten(-2)
+    return project_gate_major(gate_major_masked(x, mask), weight, bias)
 
 
 def project_hidden(h: torch.Tensor, weight: torch.Tensor, base: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

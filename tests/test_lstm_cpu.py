@@ -109,9 +109,10 @@ def test_without_a_compiler_the_python_loop_runs_and_says_so(monkeypatch):
         with pytest.warns(UserWarning, match="compiled CPU recurrence is unavailable.*Ninja is required.*g\\+\\+"):
             assert not lstm_cpu.available()
         generator = torch.Generator().manual_seed(5)
-        x_proj, h0, c0, weight, bias, z_h, z_c = _case("tied", None, torch.float64, generator)
-        out, h, c = lstm_kernel.masked_lstm(x_proj, h0, c0, weight, bias, z_h, z_c)
-        assert torch.equal(out, lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)[0])
+        _, h0, c0, weight, bias, z_h, z_c = _case("tied", None, torch.float64, generator)
+        x, w_ih = torch.randn(STEPS, BATCH, 5, dtype=torch.float64), torch.randn(4 * HIDDEN, 5, dtype=torch.float64)
+        out, h, c = lstm_kernel.masked_lstm(x, None, h0, c0, w_ih, torch.zeros(4 * HIDDEN, dtype=torch.float64), weight, bias, z_h, z_c)
+        torch.testing.assert_close(out, lstm_kernel.forward_steps(x @ w_ih.t(), h0, c0, weight, bias, z_h, z_c)[0], rtol=1e-12, atol=1e-12)
     finally:
         lstm_cpu._extension.cache_clear()
 
