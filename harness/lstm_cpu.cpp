@@ -4,7 +4,7 @@
 // tests/test_lstm_cpu.py holds it to them.
 //
 // Shapes, S models (1 outside a population), G = 4 untied recurrent masks or 1:
-//   x_proj (T, S, B, 4H) incl. bias_ih   h0, c0 (S, B, H)   weight (S, 4H, H)   bias (S, 4H)
+//   x_proj (T, S, B, 4H), overwritten by acts   h0, c0 (S, B, H)   weight (S, 4H, H)   bias (S, 4H) = b_ih + b_hh
 //   z_h (T|1, S, G, B, H) or None        z_c (T|1, S, B, H) or None
 // The forward's recurrent product runs per model as one (B, H) x (H, 4H) product, or per gate as
 // four (B, H) x (H, H) products (`per_gate`, always when untied): lstm_cpu.py picks the faster.
@@ -62,21 +62,20 @@ void recurrent_product(const at::Tensor& h_masked, const at::Tensor& weight_t, a
 }
 
 template <typename T>
-void forward_loop(const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight,
+void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight,
                   const at::Tensor& bias, const c10::optional<at::Tensor>& z_h_opt, const c10::optional<at::Tensor>& z_c_opt,
-                  int64_t P, at::Tensor& out, at::Tensor& acts, at::Tensor& cells, at::Tensor& tanh_c) {
-  const int64_t steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
+                  int64_t P, at::Tensor& out, at::Tensor& cells, at::Tensor& tanh_c) {
+  const int64_t steps = gates.size(0), S = gates.size(1), B = gates.size(2), H = gates.size(3) / 4;
   const Masks<T> masks(z_h_opt, z_c_opt);
-  const T* xp = x_proj.data_ptr<T>();
   const T* b_hh = bias.data_ptr<T>();
-  T* a_out = acts.data_ptr<T>();
+  T* gates_all = gates.data_ptr<T>();
   T* c_out = cells.data_ptr<T>();
   T* tc_out = tanh_c.data_ptr<T>();
   T* h_out = out.data_ptr<T>();
 
   // h_masked holds h_{t-1} * z_h[t] for the next product (one copy per gate when per gate).
-  auto h_masked = at::empty({S, P, B, H}, x_proj.options());
-  auto rec = P == 1 ? at::empty({S, B, 4 * H}, x_proj.options()) : at::empty({S, 4, B, H}, x_proj.options());
+  auto h_masked = at::empty({S, P, B, H}, gates.options());
+  auto rec = P == 1 ? at::empty({S, B, 4 * H}, gates.options()) : at::empty({S, 4, B, H}, gates.options());
   cells[0].copy_(c0);
   auto mask_h = [&](const T* h, int64_t t) {  // h (S, B, H) -> h_masked with step t's mask
     T* hm = h_masked.data_ptr<T>();
@@ -100,9 +99,8 @@ void forward_loop(const at::Tensor& x_proj, const at::Tensor& h0, const at::Tens
     // and 650); the product in between already runs on MKL's threads.
     for (int64_t row = 0; row < S * B; ++row) {  // row = s * B + b
       const int64_t s = row / B, b = row % B;
-      const T* x = xp + (t * S * B + row) * 4 * H;
       const T* bias_s = b_hh + s * 4 * H;
-      T* a = a_out + (t * S * B + row) * 4 * H;
+      T* a = gates_all + (t * S * B + row) * 4 * H;  // the step's input projection, then its activations
       const T* c_prev = c_out + (t * S * B + row) * H;
       T* c_new = c_out + ((t + 1) * S * B + row) * H;
       T* tc = tc_out + (t * S * B + row) * H;
@@ -113,10 +111,10 @@ void forward_loop(const at::Tensor& x_proj, const at::Tensor& h0, const at::Tens
       const T* r_row = P == 1 ? r + row * 4 * H : r + (s * 4 * B + b) * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const T i = sigmoid(x[j] + bias_s[j] + r_row[j]);
-        const T f = sigmoid(x[H + j] + bias_s[H + j] + r_row[gate_stride + j]);
-        const T g = std::tanh(x[2 * H + j] + bias_s[2 * H + j] + r_row[2 * gate_stride + j]);
-        const T o = sigmoid(x[3 * H + j] + bias_s[3 * H + j] + r_row[3 * gate_stride + j]);
+        const T i = sigmoid(a[j] + bias_s[j] + r_row[j]);
+        const T f = sigmoid(a[H + j] + bias_s[H + j] + r_row[gate_stride + j]);
+        const T g = std::tanh(a[2 * H + j] + bias_s[2 * H + j] + r_row[2 * gate_stride + j]);
+        const T o = sigmoid(a[3 * H + j] + bias_s[3 * H + j] + r_row[3 * gate_stride + j]);
         T c = f * c_prev[j] + i * g;
         if (zc_row) c *= zc_row[j];
         const T tanh_cell = std::tanh(c);
@@ -196,11 +194,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   const auto steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
   const int64_t products = per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;  // untied: always per gate
   auto out = at::empty({steps, S, B, H}, x_proj.options());
-  auto acts = at::empty({steps, S, B, 4 * H}, x_proj.options());
+  // The activations overwrite the projection they are computed from: a pass over fresh memory
+  // less, 0.9 ms of a 19 ms layer forward at hidden 650 (lstm_cpu.py consumes x_proj).
+  auto acts = x_proj;
   auto cells = at::empty({steps + 1, S, B, H}, x_proj.options());
   auto tanh_c = at::empty({steps, S, B, H}, x_proj.options());
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "lstm_cpu_forward", [&] {
-    forward_loop<scalar_t>(x_proj, h0, c0, weight, bias, z_h, z_c, products, out, acts, cells, tanh_c);
+    forward_loop<scalar_t>(acts, h0, c0, weight, bias, z_h, z_c, products, out, cells, tanh_c);
   });
   return {out, acts, cells, tanh_c};
 }

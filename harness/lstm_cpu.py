@@ -98,7 +98,8 @@ def _spelled_out(z_h, z_c, rows):
 
 
 def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None):
-    """per_gate: None lets `per_gate_products` choose (tests set it)."""
+    """per_gate: None lets `per_gate_products` choose (tests set it). x_proj is consumed where it
+    is already contiguous and in its own dtype: the returned acts are written over it."""
     population = weight.dim() == 3
     z_h, z_c = _spelled_out(z_h, z_c, rows=x_proj.shape[1:-1])
     dtype = x_proj.dtype

@@ -41,7 +41,9 @@ def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models
     generator = torch.Generator().manual_seed(7)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator)
     expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
-    got = lstm_cpu.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate)
+    consumed = x_proj.clone()
+    got = lstm_cpu.forward_steps(consumed, h0, c0, weight, bias, z_h, z_c, per_gate)
+    assert got[1].data_ptr() == consumed.data_ptr()  # acts written over the projection: no new buffer
     for name, e, g in zip(["out", "acts", "cells", "tanh_c"], expected, got):
         assert g.shape == e.shape and g.dtype == e.dtype, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
