@@ -21,7 +21,7 @@ import torch
 
 from . import cuda_graphs, lstm_cpu
 from .masks import step_mask
-from .projections import gate_major_masked, project_gate_major, project_hidden
+from .projections import batched_matmul, gate_major_masked, project_gate_major, project_hidden
 
 
 def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
@@ -120,8 +120,10 @@ class MaskedLSTM(torch.autograd.Function):
         # copied into its whole (T*B, 4H) output (0.5 ms of a 3 ms layer forward at hidden 200).
         x_proj = project_gate_major(gate_major_masked(x, z_x, out=masked[..., :inputs]), w_ih, None)
         out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, lstm_cpu.forward_steps, x_proj, h0, c0, w_hh, b_ih + b_hh, z_h, z_c)
-        if backward_follows:
-            gate_major_masked(torch.cat([h0.unsqueeze(0), out[:-1]]), z_h, out=masked[..., inputs:])
+        if backward_follows:  # h_{t-1} * z_h: h0 for t = 0, the outputs after it
+            states = masked[..., inputs:]
+            gate_major_masked(h0.unsqueeze(0), None if z_h is None else z_h[:1], out=states[..., :1, :, :])
+            gate_major_masked(out[:-1], None if z_h is None else z_h[1:] if z_h.shape[0] > 1 else z_h, out=states[..., 1:, :, :])
             ctx.save_for_backward(masked, z_x, h0, w_ih, w_hh, out, acts, cells, tanh_c, z_h, z_c)
         return out, out[-1].clone(), cells[-1].clone()
 
@@ -135,9 +137,9 @@ class MaskedLSTM(torch.autograd.Function):
         gates, inputs = masked.shape[-4], w_ih.shape[-1]
         d_gates = d_pre.unflatten(-1, (gates, -1))  # (T, [S,] B, G, 4H/G) -> ([S,] G, 4H/G, T*B)
         d_gates = (d_gates.permute(2, 3, 0, 1) if w_ih.dim() == 2 else d_gates.permute(1, 3, 4, 0, 2)).flatten(-2)
-        d_weight = torch.matmul(d_gates, masked.flatten(-3, -2)).flatten(-3, -2)  # ([S,] 4H, I + H)
+        d_weight = batched_matmul(d_gates, masked.flatten(-3, -2)).flatten(-3, -2)  # ([S,] 4H, I + H)
         d_bias = d_pre.sum((0, -2))
-        d_x = torch.matmul(d_gates.transpose(-1, -2), w_ih.unflatten(-2, (gates, -1)))  # ([S,] G, T*B, I)
+        d_x = batched_matmul(d_gates.transpose(-1, -2), w_ih.unflatten(-2, (gates, -1)))  # ([S,] G, T*B, I)
         d_x = d_x.unflatten(-2, (out.shape[0], out.shape[-2]))
         if z_x is not None:
             d_x = d_x * z_x.movedim(0, -3)

@@ -13,6 +13,15 @@ from typing import Optional
 import torch
 
 
+def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (..., M, K) @ b (..., K, N), the same batch dimensions on both. A batch of one runs as a
+    plain 2-D product: MKL runs it faster than the same product batched (hidden 650, caches cold
+    as in a training step: W gradient 15.4 vs 16.5 ms, input gradient 8.5 vs 8.9 ms)."""
+    if a.shape[:-2].numel() == 1:
+        return torch.mm(a.flatten(0, -3)[0], b.flatten(0, -3)[0]).view(*a.shape[:-1], b.shape[-1])
+    return torch.matmul(a, b)
+
+
 def gate_major_masked(x: torch.Tensor, mask: Optional[torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x: (T, [S,] B, I), mask: None or (T|1, [S,] G|1, B, I). Returns gate k's masked copy of x
     for every k, laid out ([S,] G, T, B, I): each gate's (T*B, I) rows are then one slice of a
@@ -35,7 +44,7 @@ def project_gate_major(masked: torch.Tensor, weight: torch.Tensor, bias: Optiona
     per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2).flatten(0, -3)  # ([S*]G, I, N/G)
     rows = masked.flatten(-3, -2)  # ([S,] G, T*B, I)
     if bias is None:
-        out = torch.bmm(rows.flatten(0, -3), per_gate)
+        out = batched_matmul(rows.flatten(0, -3), per_gate)
     else:
         out = torch.baddbmm(bias.unflatten(-1, (gates, 1, -1)).flatten(0, -3), rows.flatten(0, -3), per_gate)
     return out.unflatten(0, rows.shape[:-2]).unflatten(-2, (steps, batch)).movedim(-3, 0).movedim(-3, -2).flatten(-2)
