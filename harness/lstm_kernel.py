@@ -103,9 +103,10 @@ class MaskedLSTM(torch.autograd.Function):
     """The layer: x (T, [S,] B, I), z_x None or (T|1, [S,] G|1, B, I), W_ih ([S,] 4H, I), b_ih,
     and the recurrence's h0, c0, W_hh, b_hh, z_h, z_c. Inputs and previous states, each masked as
     gate k sees them, share one buffer ([S,] G, T, B, I + H) = [x * z_x | h_{t-1} * z_h], so that
-    the gradients of W_ih and W_hh come out of one batched product and b_ih and b_hh share one
-    sum. Against oneDNN's fused LSTM, one layer's forward + backward (2-core Xeon, batch 20, tied
-    masks) went from 0.96x to 1.04x its speed at hidden 650, from 0.88x to 0.92x at 200."""
+    the gradients of W_ih and W_hh come out of one product and b_ih and b_hh share one sum. One
+    layer's forward + backward alone (2-core Xeon, batch 20, tied masks) went from 0.96x to
+    1.04-1.06x the speed of oneDNN's fused LSTM at hidden 650, from 0.88x to 0.92x at 200; in a
+    whole training step the change stayed inside the machine's run-to-run noise."""
 
     use_cuda_graphs = True
     use_compiled_cpu = True
@@ -116,14 +117,14 @@ class MaskedLSTM(torch.autograd.Function):
         steps, *rows, inputs = x.shape
         gates = _gates(z_x, z_h)
         masked = x.new_empty(*rows[:-1], gates, steps, rows[-1], inputs + w_hh.shape[-1])
-        # Both biases join the recurrence's per-step sum: a bias inside the projection would first be
-        # copied into its whole (T*B, 4H) output (0.5 ms of a 3 ms layer forward at hidden 200).
+        # Both biases join the recurrence's per-step sum, where adding them costs no pass of its own.
         x_proj = project_gate_major(gate_major_masked(x, z_x, out=masked[..., :inputs]), w_ih, None)
         out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, lstm_cpu.forward_steps, x_proj, h0, c0, w_hh, b_ih + b_hh, z_h, z_c)
         if backward_follows:  # h_{t-1} * z_h: h0 for t = 0, the outputs after it
             states = masked[..., inputs:]
-            gate_major_masked(h0.unsqueeze(0), None if z_h is None else z_h[:1], out=states[..., :1, :, :])
-            gate_major_masked(out[:-1], None if z_h is None else z_h[1:] if z_h.shape[0] > 1 else z_h, out=states[..., 1:, :, :])
+            first, rest = (None, None) if z_h is None else (z_h[:1], z_h[1:] if z_h.shape[0] > 1 else z_h)
+            gate_major_masked(h0.unsqueeze(0), first, out=states[..., :1, :, :])
+            gate_major_masked(out[:-1], rest, out=states[..., 1:, :, :])
             ctx.save_for_backward(masked, z_x, h0, w_ih, w_hh, out, acts, cells, tanh_c, z_h, z_c)
         return out, out[-1].clone(), cells[-1].clone()
 
