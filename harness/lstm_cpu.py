@@ -15,9 +15,9 @@ backward runs per gate at every size: 0.86x the time of one product at hidden 20
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
-import os
 import platform
 import re
 import sys
@@ -46,14 +46,21 @@ def _extension():
     from torch.utils import cpp_extension
 
     name = f"dropbench_lstm_cpu_{_build_key()}"
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
-    if not any(path for pattern in (f"{name}/*.so", f"*/{name}/*.so") for path in root.glob(pattern)):  # (py311_cpu/NAME/...)
-        print("dropbench: compiling the CPU recurrence (harness/lstm_cpu.cpp), once for this machine and version: about 30 s", file=sys.stderr, flush=True)
     try:
-        return cpp_extension.load(
-            name=name, sources=[str(SOURCE)],
-            # -ffast-math lets the compiler call the vectorised exp/tanh of the C library (libmvec).
-            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-mprefer-vector-width=512"], verbose=False)
+        build = Path(cpp_extension._get_build_directory(name, verbose=False))  # where load() builds; created here
+        if not any(build.glob("*.so")):
+            print("dropbench: compiling the CPU recurrence (harness/lstm_cpu.cpp), once for this machine and version: about 30 s", file=sys.stderr, flush=True)
+        with open(build.parent / f"{name}.flock", "w") as guard:
+            # Every load() takes PyTorch's lock file in the build folder, even with nothing to build;
+            # a process killed while holding it leaves it behind, and every later load waits on it
+            # forever. An flock ends with its process: while this one holds it no other dropbench
+            # process is loading, so a lock file found now is stale.
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            (build / "lock").unlink(missing_ok=True)
+            return cpp_extension.load(
+                name=name, sources=[str(SOURCE)],
+                # -ffast-math lets the compiler call the vectorised exp/tanh of the C library (libmvec).
+                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-mprefer-vector-width=512"], verbose=False)
     except Exception as error:  # no compiler, no headers: the Python loop computes the same
         warnings.warn(f"dropbench: the compiled CPU recurrence is unavailable ({str(error).splitlines()[0][:160]}); "
                       "running the Python loop, which is slower. Install a C++ compiler and ninja (apt install g++ ninja-build) to get it.", stacklevel=3)

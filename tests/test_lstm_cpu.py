@@ -1,8 +1,11 @@
 """The compiled CPU recurrence (`harness/lstm_cpu.cpp`) against the Python loop of
 `lstm_kernel.py` it replaces: every mask pattern, alone and in a population, forward and backward."""
 
+import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,10 +131,22 @@ def test_only_a_build_from_scratch_announces_its_wait(monkeypatch, tmp_path, cap
     try:
         name = lstm_cpu._extension()
         assert "compiling the CPU recurrence" in capsys.readouterr().err
-        (tmp_path / name).mkdir()
         (tmp_path / name / f"{name}.so").touch()
         lstm_cpu._extension.cache_clear()
         assert lstm_cpu._extension() == name
         assert capsys.readouterr().err == ""
     finally:
         lstm_cpu._extension.cache_clear()
+
+
+def test_a_lock_left_by_a_killed_load_does_not_hang_the_next_one(tmp_path):
+    """A process killed while PyTorch held its build lock (it holds it for every load, even with
+    nothing to build) used to leave the lock file behind, and every later load waited on it."""
+    from torch.utils import cpp_extension
+
+    built = Path(cpp_extension._get_build_directory(f"dropbench_lstm_cpu_{lstm_cpu._build_key()}", verbose=False))
+    shutil.copytree(built, tmp_path / built.name)  # this build, up to date: no compiling in the child
+    (tmp_path / built.name / "lock").touch()  # what a SIGKILL during load() leaves
+    load = [sys.executable, "-c", "from dropbench.harness import lstm_cpu; print(lstm_cpu.available())"]
+    loaded = subprocess.run(load, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.strip() == "True", loaded.stderr
