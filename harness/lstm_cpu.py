@@ -71,6 +71,7 @@ def available() -> bool:
     return _extension() is not None
 
 
+@functools.cache  # asked at every forward call
 def _l2_cache_bytes(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
     """One core's L2 cache as Linux reports it (sysfs: level 2, size "2048K"); 1 MiB where it
     does not say. Python's os.sysconf has no name for it."""

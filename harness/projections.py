@@ -53,15 +53,8 @@ def project_gate_major(masked: torch.Tensor, weight: torch.Tensor, bias: Optiona
 def project_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """x: (T, [S,] B, I), mask: None or (T|1, [S,] G|1, B, I). Returns (T, [S,] B, G*H) =
     mask(x) W^T + b, where with G masks gate k sees only its own masked copy of x."""
-    if mask is not None and mask.shape[-3] == 1:
-        x, mask = x * mask.select(-3, 0), None
-    if mask is None:
-        if weight.dim() == 2:
-            return torch.nn.functional.linear(x, weight, bias)
-        steps, models, batch, _ = x.shape  # one (T*B, I) x (I, G*H) product per model
-        out = torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1).reshape(models, steps * batch, -1), weight.transpose(1, 2))
-        return out.view(models, steps, batch, -1).transpose(0, 1)
-    return project_gate_major(gate_major_masked(x, mask), weight, bias)
+    masked = x.movedim(0, -3).unsqueeze(-4) if mask is None else gate_major_masked(x, mask)
+    return project_gate_major(masked, weight, bias)
 
 
 def project_hidden(h: torch.Tensor, weight: torch.Tensor, base: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
