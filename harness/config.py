@@ -189,7 +189,7 @@ def _grid_cells(grid: dict, cells, where: str) -> list[dict]:
 def resolve(layers: list[tuple[str, dict]], variant: Variant) -> dict:
     """Merge config layers (label, dict) for one trial, checking every key and value."""
     task = next((layer["task"] for _, layer in reversed(layers) if "task" in layer), "ptb")
-    if task not in TASK_DEFAULTS:
+    if not isinstance(task, str) or task not in TASK_DEFAULTS:  # a TOML list or table is no task name
         raise DropbenchError(f"unknown task {task!r}{did_you_mean(str(task), TASK_DEFAULTS)}; tasks are {', '.join(TASK_DEFAULTS)}")
     config = dict(TASK_DEFAULTS[task])
     config.update({config_key(slot): p for slot, p in variant.p.items()})

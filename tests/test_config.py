@@ -73,6 +73,7 @@ def test_set_overrides_every_trial_and_seeds_only_filter(registry):
     (BASIC.replace('"zaremba"', '"zarembba"'), {}, "did you mean 'zaremba'"),
     (BASIC.replace("[0.1, 0.2]", "[]"), {}, "non-empty list"),
     (BASIC.replace('task = "ptb"', 'task = "imdb"'), {}, "unknown task"),
+    (BASIC.replace('task = "ptb"', 'task = []'), {}, "unknown task []"),
 ])
 def test_bad_input_is_one_clear_line(registry, text, overrides, message):
     with pytest.raises(DropbenchError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")) as error:
