@@ -10,6 +10,9 @@
 // four (B, H) x (H, H) products (`per_gate`, always when untied): lstm_cpu.py picks the faster.
 // The backward's runs per gate at every size: four (B, H) x (H, H) products batched over the gates
 // beat one (B, 4H) x (4H, H) product (2-core Xeon, batch 20: 0.86x the time at hidden 200, 0.94x at 650).
+// The element-wise passes between the products split their batch rows over ATen's threads (built
+// with -fopenmp): one layer's forward 1.11x faster at hidden 200, 1.07x at 650 on 2 cores.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -19,6 +22,10 @@
 namespace {
 
 template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// Rows per thread at least. Splitting 20 rows over 2 cores already pays at hidden 64 (forward gate
+// pass 5.4 -> 4.3 us per step; 15.7 -> 9.9 us at 200); below ~512 elements a thread's share stays serial.
+inline int64_t row_grain(int64_t hidden) { return std::max<int64_t>(1, 512 / hidden); }
 
 // Step t's masks, nullptr where there are none; a mask with one step serves every step.
 template <typename T>
@@ -76,28 +83,33 @@ void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
   // h_masked holds h_{t-1} * z_h[t] for the next product (one copy per gate when per gate).
   auto h_masked = at::empty({S, P, B, H}, gates.options());
   auto rec = P == 1 ? at::empty({S, B, 4 * H}, gates.options()) : at::empty({S, 4, B, H}, gates.options());
+  T* hm = h_masked.data_ptr<T>();
   cells[0].copy_(c0);
-  auto mask_h = [&](const T* h, int64_t t) {  // h (S, B, H) -> h_masked with step t's mask
-    T* hm = h_masked.data_ptr<T>();
-    for (int64_t s = 0; s < S; ++s)
-      for (int64_t k = 0; k < P; ++k) {
-        const T* z = masks.recurrent(t, s, k);
-        const T* from = h + s * B * H;
-        T* to = hm + (s * P + k) * B * H;
-        for (int64_t i = 0; i < B * H; ++i) to[i] = z ? from[i] * z[i] : from[i];
+  // Row `row` = s * B + b of h (H values) into h_masked, each copy k with step t's mask.
+  auto mask_row = [&](const T* h, int64_t t, int64_t row) {
+    const int64_t s = row / B, b = row % B;
+    for (int64_t k = 0; k < P; ++k) {
+      const T* z = masks.recurrent(t, s, k);
+      T* to = hm + ((s * P + k) * B + b) * H;
+      if (z) {
+        z += b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) to[j] = h[j] * z[j];
+      } else {
+        std::copy(h, h + H, to);
       }
+    }
   };
   auto h0c = h0.contiguous();
-  mask_h(h0c.data_ptr<T>(), 0);
+  for (int64_t row = 0; row < S * B; ++row) mask_row(h0c.data_ptr<T>() + row * H, 0, row);
 
   const auto weight_t = transposed_weight(weight, P);
   for (int64_t t = 0; t < steps; ++t) {
     recurrent_product(h_masked, weight_t, rec);
     const T* r = rec.data_ptr<T>();
     const T* zc_t = masks.cell(t);
-    // One thread: splitting the rows between the cores measured no faster (2 cores, hidden 200
-    // and 650); the product in between already runs on MKL's threads.
-    for (int64_t row = 0; row < S * B; ++row) {  // row = s * B + b
+    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {  // row = s * B + b
       const int64_t s = row / B, b = row % B;
       const T* bias_s = b_hh + s * 4 * H;
       T* a = gates_all + (t * S * B + row) * 4 * H;  // the step's input projection, then its activations
@@ -123,8 +135,9 @@ void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
         tc[j] = tanh_cell;
         h[j] = o * tanh_cell;
       }
+      if (t + 1 < steps) mask_row(h, t + 1, row);  // the next product's input, while the row is in cache
     }
-    if (t + 1 < steps) mask_h(h_out + t * S * B * H, t + 1);
+    });
   }
 }
 
@@ -148,7 +161,8 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
   auto weight_per_gate = weight.view({S * 4, H, H});
   for (int64_t t = steps - 1; t >= 0; --t) {
     const T* zc_t = masks.cell(t);
-    for (int64_t row = 0; row < S * B; ++row) {
+    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
       const T* a = a_all + (t * S * B + row) * 4 * H;
       const T* c_prev = c_all + (t * S * B + row) * H;
       const T* tc = tc_all + (t * S * B + row) * H;
@@ -170,19 +184,30 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
         dc_row[j] = dc_t * f;
       }
     }
+    });
     auto gate_blocks = d_pre[t].view({S, B, 4, H}).permute({0, 2, 1, 3}).reshape({S * 4, B, H});
     at::bmm_out(rec_rows, gate_blocks, weight_per_gate);
     // dh of h_{t-1} = sum_k rec_k * z_h[t]_k
     const T* r = rec.data_ptr<T>();
-    for (int64_t s = 0; s < S; ++s) {
-      T* dh_s = dh_p + s * B * H;
-      std::fill(dh_s, dh_s + B * H, T(0));
-      for (int64_t k = 0; k < 4; ++k) {
-        const T* z = masks.recurrent(t, s, k);
-        const T* r_k = r + (s * 4 + k) * B * H;
-        for (int64_t i = 0; i < B * H; ++i) dh_s[i] += z ? r_k[i] * z[i] : r_k[i];
+    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
+      for (int64_t row = first; row < last; ++row) {
+        const int64_t s = row / B, b = row % B;
+        T* dh_row = dh_p + row * H;
+        std::fill(dh_row, dh_row + H, T(0));
+        for (int64_t k = 0; k < 4; ++k) {
+          const T* z = masks.recurrent(t, s, k);
+          const T* r_k = r + ((s * 4 + k) * B + b) * H;
+          if (z) {
+            z += b * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) dh_row[j] += r_k[j] * z[j];
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) dh_row[j] += r_k[j];
+          }
+        }
       }
-    }
+    });
   }
 }
 

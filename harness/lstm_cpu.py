@@ -27,10 +27,14 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
+# -ffast-math lets the compiler call the vectorised exp/tanh of the C library (libmvec). -fopenmp:
+# at::parallel_for is an OpenMP pragma in ATen's headers, which without it runs on one thread; the
+# libgomp it links is the one torch has already loaded.
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-mprefer-vector-width=512"]
 
 
 def _build_key() -> str:
-    """The machine and the source: the build is tuned to the CPU (-march=native), so a home
+    """The machine, the flags and the source: the build is tuned to the CPU (-march=native), so a home
     directory shared by different machines must not share one build, and two checkouts of
     different versions each keep their own instead of rebuilding over each other."""
     flags = ""
@@ -38,7 +42,7 @@ def _build_key() -> str:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features"))), "")
     except OSError:
         pass
-    return hashlib.sha1(f"{platform.machine()} {flags}".encode() + SOURCE.read_bytes()).hexdigest()[:10]
+    return hashlib.sha1(f"{platform.machine()} {flags} {CFLAGS}".encode() + SOURCE.read_bytes()).hexdigest()[:10]
 
 
 @functools.cache
@@ -57,10 +61,7 @@ def _extension():
             # process is loading, so a lock file found now is stale.
             fcntl.flock(guard, fcntl.LOCK_EX)
             (build / "lock").unlink(missing_ok=True)
-            return cpp_extension.load(
-                name=name, sources=[str(SOURCE)],
-                # -ffast-math lets the compiler call the vectorised exp/tanh of the C library (libmvec).
-                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-mprefer-vector-width=512"], verbose=False)
+            return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler, no headers: the Python loop computes the same
         warnings.warn(f"dropbench: the compiled CPU recurrence is unavailable ({str(error).splitlines()[0][:160]}); "
                       "running the Python loop, which is slower. Install a C++ compiler and ninja (apt install g++ ninja-build) to get it.", stacklevel=3)

@@ -14,10 +14,14 @@ from dropbench.harness import lstm_cpu, lstm_kernel
 
 pytestmark = pytest.mark.skipif(not lstm_cpu.available(), reason="no C++ compiler: the Python loop runs instead")
 
-STEPS, BATCH, HIDDEN = 5, 3, 7
+STEPS = 5
+# (batch, hidden): tiny; and big enough that the element-wise passes split their rows over threads
+# (lstm_cpu.cpp's row_grain: 512 / 128 = 4 rows per thread at least; 3 rows of hidden 7 stay on one).
+SIZES = {"tiny": (3, 7), "rows-over-threads": (40, 128)}
 
 
-def _case(pattern: str, models, dtype, generator):
+def _case(pattern: str, models, dtype, generator, size="tiny"):
+    batch, hidden = SIZES[size]
     lead = () if models is None else (models,)
 
     def randn(*shape, scale=1.0):
@@ -26,23 +30,25 @@ def _case(pattern: str, models, dtype, generator):
     def mask(*shape):
         return torch.rand(*shape, generator=generator, dtype=dtype).ge(0.3).to(dtype) / 0.7
 
-    z_h = {"tied": mask(1, *lead, 1, BATCH, HIDDEN), "untied": mask(1, *lead, 4, BATCH, HIDDEN),
-           "per-step": mask(STEPS, *lead, 1, BATCH, HIDDEN)}.get(pattern)
-    z_c = mask(STEPS, *lead, BATCH, HIDDEN) if pattern == "cell" else mask(1, *lead, BATCH, HIDDEN) if pattern == "cell-sequence" else None
-    return (randn(STEPS, *lead, BATCH, 4 * HIDDEN), randn(*lead, BATCH, HIDDEN), randn(*lead, BATCH, HIDDEN),
-            randn(*lead, 4 * HIDDEN, HIDDEN, scale=0.4), randn(*lead, 4 * HIDDEN), z_h, z_c)
+    z_h = {"tied": mask(1, *lead, 1, batch, hidden), "untied": mask(1, *lead, 4, batch, hidden),
+           "per-step": mask(STEPS, *lead, 1, batch, hidden)}.get(pattern)
+    z_c = mask(STEPS, *lead, batch, hidden) if pattern == "cell" else mask(1, *lead, batch, hidden) if pattern == "cell-sequence" else None
+    return (randn(STEPS, *lead, batch, 4 * hidden), randn(*lead, batch, hidden), randn(*lead, batch, hidden),
+            randn(*lead, 4 * hidden, hidden, scale=0.4), randn(*lead, 4 * hidden), z_h, z_c)
 
 
 CASES = [pytest.param(pattern, models, dtype, tolerance, id=f"{pattern}-{'alone' if models is None else 'population'}-{dtype}")
          for pattern in ["none", "tied", "untied", "per-step", "cell", "cell-sequence"] for models in [None, 3]
          for dtype, tolerance in [(torch.float64, 1e-12), (torch.float32, 2e-5)]]
+SIZE = pytest.mark.parametrize("size", list(SIZES))
 
 
+@SIZE
 @pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
 @pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate):
+def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate, size):
     generator = torch.Generator().manual_seed(7)
-    x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator)
+    x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
     expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
     consumed = x_proj.clone()
     got = lstm_cpu.forward_steps(consumed, h0, c0, weight, bias, z_h, z_c, per_gate)
@@ -52,10 +58,11 @@ def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
 
 
+@SIZE
 @pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_compiled_backward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance):
+def test_compiled_backward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, size):
     generator = torch.Generator().manual_seed(7)
-    x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator)
+    x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
     out, acts, cells, tanh_c = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
     d_out, dh, dc = torch.randn_like(out), torch.randn_like(h0), torch.randn_like(c0)
     expected = lstm_kernel.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
@@ -115,8 +122,9 @@ def test_without_a_compiler_the_python_loop_runs_and_says_so(monkeypatch):
             assert not lstm_cpu.available()
         generator = torch.Generator().manual_seed(5)
         _, h0, c0, weight, bias, z_h, z_c = _case("tied", None, torch.float64, generator)
-        x, w_ih = torch.randn(STEPS, BATCH, 5, dtype=torch.float64), torch.randn(4 * HIDDEN, 5, dtype=torch.float64)
-        out, h, c = lstm_kernel.masked_lstm(x, None, h0, c0, w_ih, torch.zeros(4 * HIDDEN, dtype=torch.float64), weight, bias, z_h, z_c)
+        batch, hidden = SIZES["tiny"]
+        x, w_ih = torch.randn(STEPS, batch, 5, dtype=torch.float64), torch.randn(4 * hidden, 5, dtype=torch.float64)
+        out, h, c = lstm_kernel.masked_lstm(x, None, h0, c0, w_ih, torch.zeros(4 * hidden, dtype=torch.float64), weight, bias, z_h, z_c)
         torch.testing.assert_close(out, lstm_kernel.forward_steps(x @ w_ih.t(), h0, c0, weight, bias, z_h, z_c)[0], rtol=1e-12, atol=1e-12)
     finally:
         lstm_cpu._extension.cache_clear()
