@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .errors import DropbenchError
 
 # Population training pays off where one model leaves the device idle (a GPU at the paper's sizes).
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.func(args)
     except DropbenchError as exc:
