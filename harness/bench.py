@@ -14,6 +14,7 @@ matmul peak is measured in the same run with the decoder's own matrix shape.
 
 from __future__ import annotations
 
+import random
 import time
 
 import numpy as np
@@ -138,8 +139,10 @@ def run_bench(registry: dict, device: torch.device, hidden: int, layers: int, ro
             train_alone(name)
             eval_step(name)
     train, evaluation = {name: [] for name in models}, {name: [] for name in models}
+    order, shuffler = list(models), random.Random(0)
     for _ in range(rounds):
-        for name in models:
+        shuffler.shuffle(order)  # a fixed order would hand each model the same predecessor every round
+        for name in order:
             train[name].append(_seconds(device, lambda: train_alone(name)))
             evaluation[name].append(_seconds(device, lambda: eval_step(name)))
             if progress:
