@@ -43,10 +43,18 @@ CASES = [pytest.param(pattern, models, dtype, tolerance, id=f"{pattern}-{'alone'
 SIZE = pytest.mark.parametrize("size", list(SIZES))
 
 
+@pytest.fixture(params=[True, False], ids=["blas-direct", "blas-through-aten"])
+def blas(request):
+    """Products through the BLAS called straight, and through ATen (where torch exports no BLAS)."""
+    before = lstm_cpu._extension().direct_blas(request.param)
+    yield
+    lstm_cpu._extension().direct_blas(before)
+
+
 @SIZE
 @pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
 @pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate, size):
+def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate, size, blas):
     generator = torch.Generator().manual_seed(7)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
     expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
@@ -60,7 +68,7 @@ def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models
 
 @SIZE
 @pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_compiled_backward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, size):
+def test_compiled_backward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, size, blas):
     generator = torch.Generator().manual_seed(7)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
     out, acts, cells, tanh_c = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
