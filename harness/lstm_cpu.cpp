@@ -76,9 +76,9 @@ at::Tensor transposed_weight(const at::Tensor& weight, int64_t products) {
 bool use_direct_blas = true;
 
 // Row-major C (M, N) = A (M, K) B (K, N) with row strides lda, ldb, ldc. Called straight, the BLAS
-// skips ATen's per-call cost (tensor views, dispatch, and a copy of the backward's gate blocks),
-// paid 70-280 times per layer and chunk: one layer at batch 20, 2 cores, forward and backward each
-// 1.02-1.05x faster at hidden 200 and 650.
+// skips ATen's per-call cost (tensor views, dispatch) at every step. Only for single products:
+// four straight calls per step, one per gate, came out slower than one batched product through
+// ATen (one layer, hidden 200, untied masks: 1.10x the time), each call waking MKL's threads anew.
 template <typename T>
 void matmul_rows(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
   auto gemm = std::is_same<T, float>::value ? reinterpret_cast<void*>(&sgemm_) : reinterpret_cast<void*>(&dgemm_);
@@ -98,11 +98,15 @@ void matmul_rows(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 template <typename T>
 void recurrent_product(const at::Tensor& h_masked, const at::Tensor& weight_t, at::Tensor& rec) {
   const auto S = h_masked.size(0), P = h_masked.size(1), B = h_masked.size(2), H = h_masked.size(3);
-  const int64_t N = P == 1 ? 4 * H : H;
+  if (P > 1) {
+    auto rows = rec.view({S * P, B, H});
+    at::bmm_out(rows, h_masked.view({S * P, B, H}), weight_t);
+    return;
+  }
   const T* hm = h_masked.data_ptr<T>();
   const T* w = weight_t.data_ptr<T>();
   T* r = rec.data_ptr<T>();
-  for (int64_t sp = 0; sp < S * P; ++sp) matmul_rows<T>(B, N, H, hm + sp * B * H, H, w + sp * H * N, N, r + sp * B * N, N);
+  for (int64_t s = 0; s < S; ++s) matmul_rows<T>(B, 4 * H, H, hm + s * B * H, H, w + s * H * 4 * H, 4 * H, r + s * B * 4 * H, 4 * H);
 }
 
 template <typename T>
@@ -194,8 +198,8 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
 
   // rec (S, 4, B, H): gate k's block of d_pre[t] times W_k.
   auto rec = at::empty({S, 4, B, H}, acts.options());
-  const T* w_all = weight.data_ptr<T>();
-  T* rec_all = rec.data_ptr<T>();
+  auto rec_rows = rec.view({S * 4, B, H});
+  auto weight_per_gate = weight.view({S * 4, H, H});
   for (int64_t t = steps - 1; t >= 0; --t) {
     const T* zc_t = masks.cell(t);
     at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
@@ -222,10 +226,11 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
       }
     }
     });
-    for (int64_t s = 0; s < S; ++s)  // gate k's block of d_pre[t] (B, H), rows 4H apart, times W_k (H, H)
-      for (int64_t k = 0; k < 4; ++k)
-        matmul_rows<T>(B, H, H, dp_all + (t * S + s) * B * 4 * H + k * H, 4 * H, w_all + (s * 4 + k) * H * H, H,
-                       rec_all + (s * 4 + k) * B * H, H);
+    for (int64_t s = 0; s < S; ++s) {  // gate k's block of d_pre[t] (B, H), rows 4H apart, times W_k (H, H): a view, no copy
+      auto blocks = d_pre.as_strided({4, B, H}, {H, 4 * H, 1}, (t * S + s) * B * 4 * H);
+      auto out_s = rec_rows.narrow(0, s * 4, 4);
+      at::bmm_out(out_s, blocks, weight_per_gate.narrow(0, s * 4, 4));
+    }
     // dh of h_{t-1} = sum_k rec_k * z_h[t]_k
     const T* r = rec.data_ptr<T>();
     at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
