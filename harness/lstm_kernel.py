@@ -143,7 +143,7 @@ class MaskedLSTM(torch.autograd.Function):
         d_x = batched_matmul(d_gates.transpose(-1, -2), w_ih.unflatten(-2, (gates, -1)))  # ([S,] G, T*B, I)
         d_x = d_x.unflatten(-2, (out.shape[0], out.shape[-2]))
         if z_x is not None:
-            d_x = d_x * z_x.movedim(0, -3)
+            d_x.mul_(z_x.movedim(0, -3))  # d_x is this product's own: no second (G, T, B, I) buffer
         d_x = d_x.sum(-4) if gates > 1 else d_x.squeeze(-4)
         return d_x.movedim(-3, 0), None, dh, dc, d_weight[..., :inputs], d_bias, d_weight[..., inputs:], d_bias, None, None, None
 
