@@ -1,5 +1,5 @@
 // The masked LSTM recurrence of lstm_kernel.py for a CPU, each time loop in one call: per step one
-// matrix product (one call into the BLAS) and one pass of fused gate arithmetic, where the Python loop
+// matrix product (one call into MKL) and one pass of fused gate arithmetic, where the Python loop
 // runs about ten small tensor ops. It computes forward_steps / backward_steps of lstm_kernel.py;
 // tests/test_lstm_cpu.py holds it to them.
 //
@@ -21,18 +21,13 @@
 #include <type_traits>
 #include <vector>
 
-// The BLAS that ATen's products call (MKL in PyTorch's x86 builds), declared weak: null where the
-// torch build exports none, and the products then go through ATen (as they do with direct_blas(false),
-// which the tests use to check that path). Called straight, it skips ATen's per-call cost (tensor
-// views, dispatch) at every step: one layer at batch 20 on 2 cores, forward + backward, 1.02-1.05x
-// faster for single products, then 1.02-1.03x for batched ones (hidden 200 and 650).
+// MKL's batched product (one group of equal shapes; 101 = row-major, 111 = no transpose), which
+// ATen's products call in PyTorch's x86 builds. Called straight, it skips ATen's per-call cost
+// (tensor views, dispatch) at every step: one layer at batch 20 on 2 cores, forward + backward,
+// 1.02-1.05x faster at hidden 200 and 650. Declared weak: null where torch's BLAS is not MKL, and
+// the products then go through ATen (as they do with direct_blas(false), which the tests use to
+// check that path).
 extern "C" {
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
-            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
-void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
-            const double*, const int*, const double*, double*, const int*) __attribute__((weak));
-// MKL's batched product (one group of equal shapes; 101 = row-major, 111 = no transpose); null
-// where torch's BLAS is not MKL.
 void cblas_sgemm_batch(int, const int*, const int*, const int*, const int*, const int*, const float*, const float**,
                        const int*, const float**, const int*, const float*, float**, const int*, int, const int*) __attribute__((weak));
 void cblas_dgemm_batch(int, const int*, const int*, const int*, const int*, const int*, const double*, const double**,
@@ -84,23 +79,6 @@ at::Tensor transposed_weight(const at::Tensor& weight, int64_t products) {
 
 bool use_direct_blas = true;
 
-// Row-major C (M, N) = A (M, K) B (K, N) with row strides lda, ldb, ldc.
-template <typename T>
-void matmul_rows(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
-  auto gemm = std::is_same<T, float>::value ? reinterpret_cast<void*>(&sgemm_) : reinterpret_cast<void*>(&dgemm_);
-  if (gemm && use_direct_blas) {  // column-major BLAS: C^T (N, M) = B^T (N, K) A^T (K, M)
-    using fn = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*, const int*,
-                        const T*, const int*, const T*, T*, const int*);
-    const int m = N, n = M, k = K, lb = ldb, la = lda, lc = ldc;
-    const T one = 1, zero = 0;
-    reinterpret_cast<fn>(gemm)("N", "N", &m, &n, &k, &one, B, &lb, A, &la, &zero, C, &lc);
-    return;
-  }
-  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  auto c = at::from_blob(C, {M, N}, {ldc, 1}, options);
-  at::mm_out(c, at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, options), at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, options));
-}
-
 // count products C_i (M, N) = A_i (M, K) B_i (K, N), row-major, A_i = A + i * a_step (rows lda
 // apart), B_i = B + i * b_step (ldb), C_i = C + i * c_step (ldc), in one call: a call per product
 // wakes MKL's threads each time (four per step ran untied layers 1.10x slower at hidden 200).
@@ -132,8 +110,8 @@ void recurrent_product(const at::Tensor& h_masked, const at::Tensor& weight_t, a
   const T* hm = h_masked.data_ptr<T>();
   const T* w = weight_t.data_ptr<T>();
   T* r = rec.data_ptr<T>();
-  if (P > 1) return batched_matmul_rows<T>(S * P, B, H, H, hm, H, B * H, w, H, H * H, r, H, B * H);
-  for (int64_t s = 0; s < S; ++s) matmul_rows<T>(B, 4 * H, H, hm + s * B * H, H, w + s * H * 4 * H, 4 * H, r + s * B * 4 * H, 4 * H);
+  const int64_t N = P == 1 ? 4 * H : H;  // one product per model, or one per gate
+  batched_matmul_rows<T>(S * P, B, N, H, hm, H, B * H, w, N, H * N, r, N, B * N);
 }
 
 template <typename T>
@@ -177,34 +155,34 @@ void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
     const T* r = rec.data_ptr<T>();
     const T* zc_t = masks.cell(t);
     at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
-    for (int64_t row = first; row < last; ++row) {  // row = s * B + b
-      const int64_t s = row / B, b = row % B;
-      const T* bias_s = b_hh + s * 4 * H;
-      T* a = gates_all + (t * S * B + row) * 4 * H;  // the step's input projection, then its activations
-      const T* c_prev = c_out + (t * S * B + row) * H;
-      T* c_new = c_out + ((t + 1) * S * B + row) * H;
-      T* tc = tc_out + (t * S * B + row) * H;
-      T* h = h_out + (t * S * B + row) * H;
-      const T* zc_row = zc_t ? zc_t + row * H : nullptr;
-      // Gate k's recurrent term: one product rec[s, b, k*H + j]; per gate rec[s, k, b, j].
-      const int64_t gate_stride = P == 1 ? H : B * H;
-      const T* r_row = P == 1 ? r + row * 4 * H : r + (s * 4 * B + b) * H;
+      for (int64_t row = first; row < last; ++row) {  // row = s * B + b
+        const int64_t s = row / B, b = row % B;
+        const T* bias_s = b_hh + s * 4 * H;
+        T* a = gates_all + (t * S * B + row) * 4 * H;  // the step's input projection, then its activations
+        const T* c_prev = c_out + (t * S * B + row) * H;
+        T* c_new = c_out + ((t + 1) * S * B + row) * H;
+        T* tc = tc_out + (t * S * B + row) * H;
+        T* h = h_out + (t * S * B + row) * H;
+        const T* zc_row = zc_t ? zc_t + row * H : nullptr;
+        // Gate k's recurrent term: one product rec[s, b, k*H + j]; per gate rec[s, k, b, j].
+        const int64_t gate_stride = P == 1 ? H : B * H;
+        const T* r_row = P == 1 ? r + row * 4 * H : r + (s * 4 * B + b) * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T i = sigmoid(a[j] + bias_s[j] + r_row[j]);
-        const T f = sigmoid(a[H + j] + bias_s[H + j] + r_row[gate_stride + j]);
-        const T g = std::tanh(a[2 * H + j] + bias_s[2 * H + j] + r_row[2 * gate_stride + j]);
-        const T o = sigmoid(a[3 * H + j] + bias_s[3 * H + j] + r_row[3 * gate_stride + j]);
-        T c = f * c_prev[j] + i * g;
-        if (zc_row) c *= zc_row[j];
-        const T tanh_cell = std::tanh(c);
-        a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
-        c_new[j] = c;
-        tc[j] = tanh_cell;
-        h[j] = o * tanh_cell;
+        for (int64_t j = 0; j < H; ++j) {
+          const T i = sigmoid(a[j] + bias_s[j] + r_row[j]);
+          const T f = sigmoid(a[H + j] + bias_s[H + j] + r_row[gate_stride + j]);
+          const T g = std::tanh(a[2 * H + j] + bias_s[2 * H + j] + r_row[2 * gate_stride + j]);
+          const T o = sigmoid(a[3 * H + j] + bias_s[3 * H + j] + r_row[3 * gate_stride + j]);
+          T c = f * c_prev[j] + i * g;
+          if (zc_row) c *= zc_row[j];
+          const T tanh_cell = std::tanh(c);
+          a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
+          c_new[j] = c;
+          tc[j] = tanh_cell;
+          h[j] = o * tanh_cell;
+        }
+        if (t + 1 < steps) mask_row(h, t + 1, row);  // the next product's input, while the row is in cache
       }
-      if (t + 1 < steps) mask_row(h, t + 1, row);  // the next product's input, while the row is in cache
-    }
     });
   }
 }
@@ -230,28 +208,28 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
   for (int64_t t = steps - 1; t >= 0; --t) {
     const T* zc_t = masks.cell(t);
     at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
-    for (int64_t row = first; row < last; ++row) {
-      const T* a = a_all + (t * S * B + row) * 4 * H;
-      const T* c_prev = c_all + (t * S * B + row) * H;
-      const T* tc = tc_all + (t * S * B + row) * H;
-      const T* d_o = dout + (t * S * B + row) * H;
-      const T* zc_row = zc_t ? zc_t + row * H : nullptr;
-      T* dp = dp_all + (t * S * B + row) * 4 * H;
-      T* dh_row = dh_p + row * H;
-      T* dc_row = dc_p + row * H;
+      for (int64_t row = first; row < last; ++row) {
+        const T* a = a_all + (t * S * B + row) * 4 * H;
+        const T* c_prev = c_all + (t * S * B + row) * H;
+        const T* tc = tc_all + (t * S * B + row) * H;
+        const T* d_o = dout + (t * S * B + row) * H;
+        const T* zc_row = zc_t ? zc_t + row * H : nullptr;
+        T* dp = dp_all + (t * S * B + row) * 4 * H;
+        T* dh_row = dh_p + row * H;
+        T* dc_row = dc_p + row * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
-        const T dh_t = dh_row[j] + d_o[j];
-        T dc_t = dc_row[j] + dh_t * o * (T(1) - tc[j] * tc[j]);
-        if (zc_row) dc_t *= zc_row[j];
-        dp[j] = dc_t * g * i * (T(1) - i);
-        dp[H + j] = dc_t * c_prev[j] * f * (T(1) - f);
-        dp[2 * H + j] = dc_t * i * (T(1) - g * g);
-        dp[3 * H + j] = dh_t * tc[j] * o * (T(1) - o);
-        dc_row[j] = dc_t * f;
+        for (int64_t j = 0; j < H; ++j) {
+          const T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+          const T dh_t = dh_row[j] + d_o[j];
+          T dc_t = dc_row[j] + dh_t * o * (T(1) - tc[j] * tc[j]);
+          if (zc_row) dc_t *= zc_row[j];
+          dp[j] = dc_t * g * i * (T(1) - i);
+          dp[H + j] = dc_t * c_prev[j] * f * (T(1) - f);
+          dp[2 * H + j] = dc_t * i * (T(1) - g * g);
+          dp[3 * H + j] = dh_t * tc[j] * o * (T(1) - o);
+          dc_row[j] = dc_t * f;
+        }
       }
-    }
     });
     for (int64_t s = 0; s < S; ++s)  // gate k's block of d_pre[t] (B, H), rows 4H apart, times W_k (H, H)
       batched_matmul_rows<T>(4, B, H, H, dp_all + (t * S + s) * B * 4 * H, 4 * H, H, w_all + s * 4 * H * H, H, H * H,

@@ -45,7 +45,7 @@ SIZE = pytest.mark.parametrize("size", list(SIZES))
 
 @pytest.fixture(params=[True, False], ids=["blas-direct", "blas-through-aten"])
 def blas(request):
-    """Products through the BLAS called straight, and through ATen (where torch exports no BLAS)."""
+    """Products through MKL called straight, and through ATen (where torch's BLAS is not MKL)."""
     before = lstm_cpu._extension().direct_blas(request.param)
     yield
     lstm_cpu._extension().direct_blas(before)
