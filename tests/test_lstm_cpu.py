@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 from dropbench.harness import lstm_cpu, lstm_kernel
 
-pytestmark = pytest.mark.skipif(not lstm_cpu.available(), reason="no C++ compiler: the Python loop runs instead")
+# Skipped only where the toolchain is missing: where it is present, a build that fails is a failure.
+TOOLCHAIN = shutil.which(os.environ.get("CXX", "c++")) is not None and cpp_extension.is_ninja_available()
+pytestmark = pytest.mark.skipif(not TOOLCHAIN, reason="no C++ compiler or ninja: the Python loop runs instead")
 
 STEPS = 5
 # (batch, hidden): tiny; and big enough that the element-wise passes split their rows over threads
@@ -78,6 +81,43 @@ def test_compiled_backward_computes_what_the_python_loop_computes(pattern, model
     for name, e, g in zip(["d_pre", "dh", "dc"], expected, got):
         assert g.shape == e.shape, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_the_extension_builds_where_a_compiler_and_ninja_are_found():
+    assert lstm_cpu.available()
+
+
+def _masked_previous_states(h0, out, z_h):
+    """([S,] G, T, B, H): h_{t-1} * z_h[t] for every step, h_{-1} = h0, computed with broadcasting."""
+    previous = torch.cat([h0.unsqueeze(0), out[:-1]]).unsqueeze(-3)  # (T, [S,] 1, B, H)
+    return (previous if z_h is None else previous * z_h).movedim(0, -3)
+
+
+@SIZE
+@pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
+@pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
+def test_the_forward_writes_the_masked_previous_states_into_a_strided_buffer(pattern, models, dtype, tolerance, per_gate, size, blas):
+    generator = torch.Generator().manual_seed(11)
+    x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
+    out = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)[0]
+    expected = _masked_previous_states(h0, out, z_h)
+    inputs = 3  # as in the layer: each row is [masked input | masked state]
+    buffer = torch.full((*expected.shape[:-1], inputs + expected.shape[-1]), float("nan"), dtype=dtype)
+    lstm_cpu.forward_steps(x_proj.clone(), h0, c0, weight, bias, z_h, z_c, per_gate, states=buffer[..., inputs:])
+    torch.testing.assert_close(buffer[..., inputs:], expected, rtol=tolerance, atol=tolerance)
+    assert buffer[..., :inputs].isnan().all()  # the input part is not touched
+
+
+@pytest.mark.parametrize("models", [None, 3], ids=["alone", "population"])
+@pytest.mark.parametrize("mask_steps", [1, STEPS], ids=["per-sequence", "per-step"])
+def test_the_untied_input_gradient_sums_each_gates_masked_part(models, mask_steps):
+    generator = torch.Generator().manual_seed(13)
+    lead = () if models is None else (models,)
+    batch, inputs = 40, 96
+    parts = torch.randn(*lead, 4, STEPS, batch, inputs, generator=generator, dtype=torch.float64)
+    mask = torch.rand(mask_steps, *lead, 4, batch, inputs, generator=generator, dtype=torch.float64).ge(0.4).double() / 0.6
+    expected = sum(parts.select(-4, k).movedim(-3, 0) * mask.select(-3, k) for k in range(4))  # (T, [S,] B, I)
+    torch.testing.assert_close(lstm_cpu.masked_gate_sum(parts, mask), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_the_product_runs_per_gate_once_the_recurrent_weight_fills_half_the_l2_cache(monkeypatch):
