@@ -42,6 +42,14 @@ template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)
 // pass 5.4 -> 4.3 us per step; 15.7 -> 9.9 us at 200); below ~512 elements a thread's share stays serial.
 inline int64_t row_grain(int64_t hidden) { return std::max<int64_t>(1, 512 / hidden); }
 
+// Rows per thread at least where whole time loops split their rows (`split_rows`). A row's
+// recurrence depends on no other row, so each thread can run every step of its own rows, with its
+// own one-thread products, and never wait for the others. Where W_hh sits in a core's L2 this beats
+// one product over all rows split by MKL: 2-core Xeon, hidden 200, 10 rows on one thread take 26.0
+// us per step against 26.6 for 20 rows on two, and the per-step hand-overs between threads go.
+// Below ~8 rows a thread's product runs too far under the core's peak.
+constexpr int64_t kSplitRows = 8;
+
 // Step t's masks, nullptr where there are none; a mask with one step serves every step.
 template <typename T>
 struct Masks {
@@ -104,26 +112,9 @@ struct MaskedStates {
   T* at(int64_t t, int64_t s, int64_t k) const { return base + s * model + k * copy + t * step; }
 };
 
-// The recurrent product of step t into rec, P = 1 product per model or 4 per gate (gate k reads copy
-// k, or the one copy where the mask is tied). weight_t holds W^T laid out contiguously, once per
-// chunk: MKL runs the plain product with B = 20 rows faster than the transposed one (forward 15%
-// faster at hidden 200, 1.5% at 650). One product: weight_t (S, H, 4H), rec (S, B, 4H) = h W^T.
-// Per gate: weight_t (S*4, H, H), rec (S, 4, B, H) = (h z_k) W_k^T.
-template <typename T>
-void recurrent_product(const MaskedStates<T>& states, int64_t t, int64_t S, int64_t P, int64_t B, int64_t H,
-                       const at::Tensor& weight_t, at::Tensor& rec) {
-  const T* w = weight_t.data_ptr<T>();
-  T* r = rec.data_ptr<T>();
-  const int64_t N = P == 1 ? 4 * H : H;  // one product per model, or one per gate
-  const int64_t a_step = states.copies > 1 ? states.copy : 0;
-  if (S == 1 || states.model == P * a_step) {  // all S * P inputs equally spaced: one call
-    batched_matmul_rows<T>(S * P, B, N, H, states.at(t, 0, 0), states.row, a_step, w, N, H * N, r, N, B * N);
-    return;
-  }
-  for (int64_t s = 0; s < S; ++s)
-    batched_matmul_rows<T>(P, B, N, H, states.at(t, s, 0), states.row, a_step, w + s * P * H * N, N, H * N, r + s * P * B * N, N, B * N);
-}
-
+// W^T laid out contiguously, once per chunk: MKL runs the plain product with B = 20 rows faster than
+// the transposed one (forward 15% faster at hidden 200, 1.5% at 650). One product per model:
+// (S, H, 4H); per gate: (S*4, H, H).
 at::Tensor transposed_weight(const at::Tensor& weight, int64_t products) {
   const auto S = weight.size(0), H = weight.size(2);
   return products == 1 ? weight.transpose(1, 2).contiguous() : weight.view({S * 4, H, H}).transpose(1, 2).contiguous();
@@ -132,7 +123,8 @@ at::Tensor transposed_weight(const at::Tensor& weight, int64_t products) {
 template <typename T>
 void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight,
                   const at::Tensor& bias, const c10::optional<at::Tensor>& z_h_opt, const c10::optional<at::Tensor>& z_c_opt,
-                  int64_t P, const c10::optional<at::Tensor>& states_opt, at::Tensor& out, at::Tensor& cells, at::Tensor& tanh_c) {
+                  int64_t P, bool split_rows, const c10::optional<at::Tensor>& states_opt, at::Tensor& out, at::Tensor& cells,
+                  at::Tensor& tanh_c) {
   const int64_t steps = gates.size(0), S = gates.size(1), B = gates.size(2), H = gates.size(3) / 4;
   const Masks<T> masks(z_h_opt, z_c_opt);
   const T* b_hh = bias.data_ptr<T>();
@@ -172,47 +164,73 @@ void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
   for (int64_t row = 0; row < S * B; ++row) mask_row(h0c.data_ptr<T>() + row * H, 0, row);
 
   const auto weight_t = transposed_weight(weight, P);
-  for (int64_t t = 0; t < steps; ++t) {
-    recurrent_product<T>(states, t, S, P, B, H, weight_t, rec);
-    const T* r = rec.data_ptr<T>();
+  const T* w = weight_t.data_ptr<T>();
+  T* r = rec.data_ptr<T>();
+  const int64_t N = P == 1 ? 4 * H : H;  // one product per model, or one per gate
+  const int64_t a_step = copies > 1 ? states.copy : 0;  // gate k reads copy k, or the one tied copy
+  // Step t's recurrent product for rows [first, last) into rec: one product rec (S, B, 4H) = h W^T,
+  // or per gate rec (S, 4, B, H) = (h z_k) W_k^T.
+  auto product_rows = [&](int64_t t, int64_t first, int64_t last) {
+    if (first == 0 && last == S * B && (S == 1 || states.model == P * a_step)) {  // all inputs equally spaced: one call
+      batched_matmul_rows<T>(S * P, B, N, H, states.at(t, 0, 0), states.row, a_step, w, N, H * N, r, N, B * N);
+      return;
+    }
+    for (int64_t s = first / B; s * B < last; ++s) {
+      const int64_t b0 = std::max(first, s * B) - s * B, b1 = std::min(last, (s + 1) * B) - s * B;
+      batched_matmul_rows<T>(P, b1 - b0, N, H, states.at(t, s, 0) + b0 * states.row, states.row, a_step, w + s * P * H * N, N,
+                             H * N, r + (s * P * B + b0) * N, N, B * N);
+    }
+  };
+  auto gate_rows = [&](int64_t t, int64_t first, int64_t last) {
     const T* zc_t = masks.cell(t);
-    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
-      for (int64_t row = first; row < last; ++row) {  // row = s * B + b
-        const int64_t s = row / B, b = row % B;
-        const T* bias_s = b_hh + s * 4 * H;
-        T* a = gates_all + (t * S * B + row) * 4 * H;  // the step's input projection, then its activations
-        const T* c_prev = c_out + (t * S * B + row) * H;
-        T* c_new = c_out + ((t + 1) * S * B + row) * H;
-        T* tc = tc_out + (t * S * B + row) * H;
-        T* h = h_out + (t * S * B + row) * H;
-        const T* zc_row = zc_t ? zc_t + row * H : nullptr;
-        // Gate k's recurrent term: one product rec[s, b, k*H + j]; per gate rec[s, k, b, j].
-        const int64_t gate_stride = P == 1 ? H : B * H;
-        const T* r_row = P == 1 ? r + row * 4 * H : r + (s * 4 * B + b) * H;
+    for (int64_t row = first; row < last; ++row) {  // row = s * B + b
+      const int64_t s = row / B, b = row % B;
+      const T* bias_s = b_hh + s * 4 * H;
+      T* a = gates_all + (t * S * B + row) * 4 * H;  // the step's input projection, then its activations
+      const T* c_prev = c_out + (t * S * B + row) * H;
+      T* c_new = c_out + ((t + 1) * S * B + row) * H;
+      T* tc = tc_out + (t * S * B + row) * H;
+      T* h = h_out + (t * S * B + row) * H;
+      const T* zc_row = zc_t ? zc_t + row * H : nullptr;
+      // Gate k's recurrent term: one product rec[s, b, k*H + j]; per gate rec[s, k, b, j].
+      const int64_t gate_stride = P == 1 ? H : B * H;
+      const T* r_row = P == 1 ? r + row * 4 * H : r + (s * 4 * B + b) * H;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const T i = sigmoid(a[j] + bias_s[j] + r_row[j]);
-          const T f = sigmoid(a[H + j] + bias_s[H + j] + r_row[gate_stride + j]);
-          const T g = std::tanh(a[2 * H + j] + bias_s[2 * H + j] + r_row[2 * gate_stride + j]);
-          const T o = sigmoid(a[3 * H + j] + bias_s[3 * H + j] + r_row[3 * gate_stride + j]);
-          T c = f * c_prev[j] + i * g;
-          if (zc_row) c *= zc_row[j];
-          const T tanh_cell = std::tanh(c);
-          a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
-          c_new[j] = c;
-          tc[j] = tanh_cell;
-          h[j] = o * tanh_cell;
-        }
-        if (t + 1 < steps) mask_row(h, t + 1, row);  // the next product's input, while the row is in cache
+      for (int64_t j = 0; j < H; ++j) {
+        const T i = sigmoid(a[j] + bias_s[j] + r_row[j]);
+        const T f = sigmoid(a[H + j] + bias_s[H + j] + r_row[gate_stride + j]);
+        const T g = std::tanh(a[2 * H + j] + bias_s[2 * H + j] + r_row[2 * gate_stride + j]);
+        const T o = sigmoid(a[3 * H + j] + bias_s[3 * H + j] + r_row[3 * gate_stride + j]);
+        T c = f * c_prev[j] + i * g;
+        if (zc_row) c *= zc_row[j];
+        const T tanh_cell = std::tanh(c);
+        a[j] = i; a[H + j] = f; a[2 * H + j] = g; a[3 * H + j] = o;
+        c_new[j] = c;
+        tc[j] = tanh_cell;
+        h[j] = o * tanh_cell;
+      }
+      if (t + 1 < steps) mask_row(h, t + 1, row);  // the next product's input, while the row is in cache
+    }
+  };
+  if (split_rows) {  // each thread runs all steps of its own rows: no wait between threads at any step
+    at::parallel_for(0, S * B, kSplitRows, [&](int64_t first, int64_t last) {
+      for (int64_t t = 0; t < steps; ++t) {
+        product_rows(t, first, last);
+        gate_rows(t, first, last);
       }
     });
+    return;
+  }
+  for (int64_t t = 0; t < steps; ++t) {
+    product_rows(t, 0, S * B);
+    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) { gate_rows(t, first, last); });
   }
 }
 
 template <typename T>
 void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
                    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h_opt,
-                   const c10::optional<at::Tensor>& z_c_opt, at::Tensor& d_pre) {
+                   const c10::optional<at::Tensor>& z_c_opt, bool split_rows, at::Tensor& d_pre) {
   const int64_t steps = acts.size(0), S = acts.size(1), B = acts.size(2), H = acts.size(3) / 4;
   const Masks<T> masks(z_h_opt, z_c_opt);
   const T* dout = d_out.data_ptr<T>();
@@ -227,56 +245,73 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
   auto rec = at::empty({S, 4, B, H}, acts.options());
   const T* w_all = weight.data_ptr<T>();
   T* rec_all = rec.data_ptr<T>();
-  for (int64_t t = steps - 1; t >= 0; --t) {
+  auto gate_rows = [&](int64_t t, int64_t first, int64_t last) {
     const T* zc_t = masks.cell(t);
-    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
-      for (int64_t row = first; row < last; ++row) {
-        const T* a = a_all + (t * S * B + row) * 4 * H;
-        const T* c_prev = c_all + (t * S * B + row) * H;
-        const T* tc = tc_all + (t * S * B + row) * H;
-        const T* d_o = dout + (t * S * B + row) * H;
-        const T* zc_row = zc_t ? zc_t + row * H : nullptr;
-        T* dp = dp_all + (t * S * B + row) * 4 * H;
-        T* dh_row = dh_p + row * H;
-        T* dc_row = dc_p + row * H;
+    for (int64_t row = first; row < last; ++row) {
+      const T* a = a_all + (t * S * B + row) * 4 * H;
+      const T* c_prev = c_all + (t * S * B + row) * H;
+      const T* tc = tc_all + (t * S * B + row) * H;
+      const T* d_o = dout + (t * S * B + row) * H;
+      const T* zc_row = zc_t ? zc_t + row * H : nullptr;
+      T* dp = dp_all + (t * S * B + row) * 4 * H;
+      T* dh_row = dh_p + row * H;
+      T* dc_row = dc_p + row * H;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
-          const T dh_t = dh_row[j] + d_o[j];
-          T dc_t = dc_row[j] + dh_t * o * (T(1) - tc[j] * tc[j]);
-          if (zc_row) dc_t *= zc_row[j];
-          dp[j] = dc_t * g * i * (T(1) - i);
-          dp[H + j] = dc_t * c_prev[j] * f * (T(1) - f);
-          dp[2 * H + j] = dc_t * i * (T(1) - g * g);
-          dp[3 * H + j] = dh_t * tc[j] * o * (T(1) - o);
-          dc_row[j] = dc_t * f;
+      for (int64_t j = 0; j < H; ++j) {
+        const T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+        const T dh_t = dh_row[j] + d_o[j];
+        T dc_t = dc_row[j] + dh_t * o * (T(1) - tc[j] * tc[j]);
+        if (zc_row) dc_t *= zc_row[j];
+        dp[j] = dc_t * g * i * (T(1) - i);
+        dp[H + j] = dc_t * c_prev[j] * f * (T(1) - f);
+        dp[2 * H + j] = dc_t * i * (T(1) - g * g);
+        dp[3 * H + j] = dh_t * tc[j] * o * (T(1) - o);
+        dc_row[j] = dc_t * f;
+      }
+    }
+  };
+  // Gate k's block of d_pre[t] (rows 4H apart) times W_k (H, H), for rows [first, last) of every model.
+  auto product_rows = [&](int64_t t, int64_t first, int64_t last) {
+    for (int64_t s = first / B; s * B < last; ++s) {
+      const int64_t b0 = std::max(first, s * B) - s * B, b1 = std::min(last, (s + 1) * B) - s * B;
+      batched_matmul_rows<T>(4, b1 - b0, H, H, dp_all + ((t * S + s) * B + b0) * 4 * H, 4 * H, H, w_all + s * 4 * H * H, H, H * H,
+                             rec_all + (s * 4 * B + b0) * H, H, B * H);
+    }
+  };
+  // dh of h_{t-1} = sum_k rec_k * z_h[t]_k
+  auto carry_rows = [&](int64_t t, int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t s = row / B, b = row % B;
+      T* dh_row = dh_p + row * H;
+      std::fill(dh_row, dh_row + H, T(0));
+      for (int64_t k = 0; k < 4; ++k) {
+        const T* z = masks.recurrent(t, s, k);
+        const T* r_k = rec_all + ((s * 4 + k) * B + b) * H;
+        if (z) {
+          z += b * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) dh_row[j] += r_k[j] * z[j];
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) dh_row[j] += r_k[j];
         }
       }
-    });
-    for (int64_t s = 0; s < S; ++s)  // gate k's block of d_pre[t] (B, H), rows 4H apart, times W_k (H, H)
-      batched_matmul_rows<T>(4, B, H, H, dp_all + (t * S + s) * B * 4 * H, 4 * H, H, w_all + s * 4 * H * H, H, H * H,
-                             rec_all + s * 4 * B * H, H, B * H);
-    // dh of h_{t-1} = sum_k rec_k * z_h[t]_k
-    const T* r = rec.data_ptr<T>();
-    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) {
-      for (int64_t row = first; row < last; ++row) {
-        const int64_t s = row / B, b = row % B;
-        T* dh_row = dh_p + row * H;
-        std::fill(dh_row, dh_row + H, T(0));
-        for (int64_t k = 0; k < 4; ++k) {
-          const T* z = masks.recurrent(t, s, k);
-          const T* r_k = r + ((s * 4 + k) * B + b) * H;
-          if (z) {
-            z += b * H;
-#pragma omp simd
-            for (int64_t j = 0; j < H; ++j) dh_row[j] += r_k[j] * z[j];
-          } else {
-#pragma omp simd
-            for (int64_t j = 0; j < H; ++j) dh_row[j] += r_k[j];
-          }
-        }
+    }
+  };
+  if (split_rows) {  // as in the forward: each thread runs all steps of its own rows
+    at::parallel_for(0, S * B, kSplitRows, [&](int64_t first, int64_t last) {
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        gate_rows(t, first, last);
+        product_rows(t, first, last);
+        carry_rows(t, first, last);
       }
     });
+    return;
+  }
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) { gate_rows(t, first, last); });
+    product_rows(t, 0, S * B);
+    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) { carry_rows(t, first, last); });
   }
 }
 
@@ -313,7 +348,7 @@ void masked_gate_sum_loop(const at::Tensor& parts, const at::Tensor& mask, at::T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight, const at::Tensor& bias,
-    const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c, bool per_gate,
+    const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c, bool per_gate, bool split_rows,
     const c10::optional<at::Tensor>& states) {
   const auto steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
   const int64_t products = per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;  // untied: always per gate
@@ -330,19 +365,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   auto cells = at::empty({steps + 1, S, B, H}, x_proj.options());
   auto tanh_c = at::empty({steps, S, B, H}, x_proj.options());
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "lstm_cpu_forward", [&] {
-    forward_loop<scalar_t>(acts, h0, c0, weight, bias, z_h, z_c, products, states, out, cells, tanh_c);
+    forward_loop<scalar_t>(acts, h0, c0, weight, bias, z_h, z_c, products, split_rows, states, out, cells, tanh_c);
   });
   return {out, acts, cells, tanh_c};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& d_out, const at::Tensor& dh, const at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
-    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c) {
+    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c,
+    bool split_rows) {
   auto d_pre = at::empty_like(acts);
   auto dh_carry = dh.clone(at::MemoryFormat::Contiguous);
   auto dc_carry = dc.clone(at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_cpu_backward", [&] {
-    backward_loop<scalar_t>(d_out, dh_carry, dc_carry, weight, acts, cells, tanh_c, z_h, z_c, d_pre);
+    backward_loop<scalar_t>(d_out, dh_carry, dc_carry, weight, acts, cells, tanh_c, z_h, z_c, split_rows, d_pre);
   });
   return {d_pre, dh_carry, dc_carry};
 }

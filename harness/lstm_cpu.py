@@ -11,6 +11,10 @@ input). Per gate is faster once W_hh fills half of a core's L2 cache. Measured o
 with 2 MiB of L2 per core, forward time loop at batch 20, per gate against one product: hidden 200
 (W_hh 0.6 MiB) 1.16x, 256 (1.0 MiB) 0.86x, 400 0.79x, 650 0.92x, 1000 0.71x, 1500 0.67x. The
 backward runs per gate at every size: 0.86x the time of one product at hidden 200, 0.94x at 650.
+
+Where W_hh fits in half of L2, the time loops instead split their batch rows over the threads,
+each thread running every step of its own rows with one-thread products (`split_rows`); a bigger
+W_hh is better read once per step by MKL's threads together.
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ def _l2_cache_bytes(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")
 
 
 def per_gate_products(weight: torch.Tensor) -> bool:
-    """Whether the recurrent product of weight ([S,] 4H, H) runs per gate (see the module docstring)."""
+    """Whether the recurrent product of weight ([S,] 4H, H) runs per gate, not split over rows
+    (see the module docstring): whether one model's W_hh fills half of a core's L2 cache."""
     return weight.shape[-2] * weight.shape[-1] * weight.element_size() >= _l2_cache_bytes() // 2
 
 
@@ -106,8 +111,8 @@ def _spelled_out(z_h, z_c, rows):
     return z_h, z_c
 
 
-def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None, states=None):
-    """per_gate: None lets `per_gate_products` choose (tests set it). x_proj is consumed where it
+def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None, split_rows=None, states=None):
+    """per_gate, split_rows: None lets `per_gate_products` choose (tests set them). x_proj is consumed where it
     is already contiguous and in its own dtype: the returned acts are written over it. states:
     None, or ([S,] G, T, B, H) (G: the recurrent masks' gates, 1 without them; rows may be strided)
     that the loop fills with h_{t-1} * z_h[t] as it goes, where the backward will read them."""
@@ -119,20 +124,22 @@ def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None, states=
         *(_with_models(t, 0, population, dtype) for t in (h0, c0, weight, bias)),
         *(_with_models(t, 1, population, dtype) for t in (z_h, z_c)),
         per_gate_products(weight) if per_gate is None else per_gate,
+        not per_gate_products(weight) if split_rows is None else split_rows,
         states if states is None or population else states.unsqueeze(0))
     if not population:
         out, acts, cells, tanh_c = (t.squeeze(1) for t in (out, acts, cells, tanh_c))
     return out, acts, cells, tanh_c
 
 
-def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
+def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, split_rows=None):
     population = weight.dim() == 3
     z_h, z_c = _spelled_out(z_h, z_c, rows=acts.shape[1:-1])
     dtype = acts.dtype
     d_pre, dh, dc = _extension().backward(
         _with_models(d_out, 1, population, dtype),
         *(_with_models(t, 0, population, dtype) for t in (dh, dc, weight)),
-        *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)))
+        *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)),
+        not per_gate_products(weight) if split_rows is None else split_rows)
     if not population:
         d_pre, dh, dc = d_pre.squeeze(1), dh.squeeze(0), dc.squeeze(0)
     return d_pre, dh, dc

@@ -44,6 +44,8 @@ CASES = [pytest.param(pattern, models, dtype, tolerance, id=f"{pattern}-{'alone'
          for pattern in ["none", "tied", "untied", "per-step", "cell", "cell-sequence"] for models in [None, 3]
          for dtype, tolerance in [(torch.float64, 1e-12), (torch.float32, 2e-5)]]
 SIZE = pytest.mark.parametrize("size", list(SIZES))
+# The time loops run each step over all rows, or split the rows over threads for all steps at once.
+SPLIT = pytest.mark.parametrize("split_rows", [False, True], ids=["steps-over-threads", "rows-over-threads"])
 
 
 @pytest.fixture(params=[True, False], ids=["blas-direct", "blas-through-aten"])
@@ -55,14 +57,15 @@ def blas(request):
 
 
 @SIZE
+@SPLIT
 @pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
 @pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate, size, blas):
+def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate, split_rows, size, blas):
     generator = torch.Generator().manual_seed(7)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
     expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
     consumed = x_proj.clone()
-    got = lstm_cpu.forward_steps(consumed, h0, c0, weight, bias, z_h, z_c, per_gate)
+    got = lstm_cpu.forward_steps(consumed, h0, c0, weight, bias, z_h, z_c, per_gate, split_rows)
     assert got[1].data_ptr() == consumed.data_ptr()  # acts written over the projection: no new buffer
     for name, e, g in zip(["out", "acts", "cells", "tanh_c"], expected, got):
         assert g.shape == e.shape and g.dtype == e.dtype, name
@@ -70,14 +73,15 @@ def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models
 
 
 @SIZE
+@SPLIT
 @pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_compiled_backward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, size, blas):
+def test_compiled_backward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, split_rows, size, blas):
     generator = torch.Generator().manual_seed(7)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
     out, acts, cells, tanh_c = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
     d_out, dh, dc = torch.randn_like(out), torch.randn_like(h0), torch.randn_like(c0)
     expected = lstm_kernel.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
-    got = lstm_cpu.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
+    got = lstm_cpu.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, split_rows)
     for name, e, g in zip(["d_pre", "dh", "dc"], expected, got):
         assert g.shape == e.shape, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
@@ -94,16 +98,17 @@ def _masked_previous_states(h0, out, z_h):
 
 
 @SIZE
+@SPLIT
 @pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
 @pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_the_forward_writes_the_masked_previous_states_into_a_strided_buffer(pattern, models, dtype, tolerance, per_gate, size, blas):
+def test_the_forward_writes_the_masked_previous_states_into_a_strided_buffer(pattern, models, dtype, tolerance, per_gate, split_rows, size, blas):
     generator = torch.Generator().manual_seed(11)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
     out = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)[0]
     expected = _masked_previous_states(h0, out, z_h)
     inputs = 3  # as in the layer: each row is [masked input | masked state]
     buffer = torch.full((*expected.shape[:-1], inputs + expected.shape[-1]), float("nan"), dtype=dtype)
-    lstm_cpu.forward_steps(x_proj.clone(), h0, c0, weight, bias, z_h, z_c, per_gate, states=buffer[..., inputs:])
+    lstm_cpu.forward_steps(x_proj.clone(), h0, c0, weight, bias, z_h, z_c, per_gate, split_rows, states=buffer[..., inputs:])
     torch.testing.assert_close(buffer[..., inputs:], expected, rtol=tolerance, atol=tolerance)
     assert buffer[..., :inputs].isnan().all()  # the input part is not touched
 
