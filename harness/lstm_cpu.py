@@ -135,14 +135,14 @@ def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, split_r
     population = weight.dim() == 3
     z_h, z_c = _spelled_out(z_h, z_c, rows=acts.shape[1:-1])
     dtype = acts.dtype
-    d_pre, dh, dc = _extension().backward(
+    d_pre, dh, dc, d_bias = _extension().backward(
         _with_models(d_out, 1, population, dtype),
         *(_with_models(t, 0, population, dtype) for t in (dh, dc, weight)),
         *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)),
         not per_gate_products(weight) if split_rows is None else split_rows)
     if not population:
-        d_pre, dh, dc = d_pre.squeeze(1), dh.squeeze(0), dc.squeeze(0)
-    return d_pre, dh, dc
+        d_pre, dh, dc, d_bias = d_pre.squeeze(1), dh.squeeze(0), dc.squeeze(0), d_bias.squeeze(0)
+    return d_pre, dh, dc, d_bias
 
 
 def masked_gate_sum(parts, mask):

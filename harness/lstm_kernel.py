@@ -55,8 +55,9 @@ def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c):
 def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
     """Gradients through the T steps, last to first. d_out (T, [S,] B, H); dh, dc ([S,] B, H)
     arriving from after the chunk. Returns d_pre (T, [S,] B, 4H) (the gradient of every gate's
-    pre-activation), and dh, dc of the initial state. What does not depend on the gradient flowing
-    back is computed for all steps at once, leaving few small kernels per step."""
+    pre-activation), dh, dc of the initial state, and d_bias ([S,] 4H), the sum of d_pre over steps
+    and rows. What does not depend on the gradient flowing back is computed for all steps at once,
+    leaving few small kernels per step."""
     hidden = acts.shape[-1] // 4
     untied = z_h is not None and z_h.shape[-3] > 1
     per_gate = weight.unflatten(-2, (4, -1))  # ([S,] 4, H, H)
@@ -83,7 +84,7 @@ def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c):
             dh = torch.matmul(dp, weight)
             if z is not None:
                 dh.mul_(z.select(-3, 0))
-    return d_pre, dh, dc
+    return d_pre, dh, dc, d_pre.sum((0, -2))
 
 
 def _compiled(tensor) -> bool:
@@ -145,12 +146,11 @@ class MaskedLSTM(torch.autograd.Function):
         d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
         d_h = torch.zeros_like(h0) if d_h is None else d_h
         d_c = torch.zeros_like(h0) if d_c is None else d_c
-        d_pre, dh, dc = _run("lstm-backward", backward_steps, lstm_cpu.backward_steps, d_out, d_h, d_c, w_hh, acts, cells, tanh_c, z_h, z_c)
+        d_pre, dh, dc, d_bias = _run("lstm-backward", backward_steps, lstm_cpu.backward_steps, d_out, d_h, d_c, w_hh, acts, cells, tanh_c, z_h, z_c)
         gates, inputs = masked.shape[-4], w_ih.shape[-1]
         d_gates = d_pre.unflatten(-1, (gates, -1))  # (T, [S,] B, G, 4H/G) -> ([S,] G, 4H/G, T*B)
         d_gates = (d_gates.permute(2, 3, 0, 1) if w_ih.dim() == 2 else d_gates.permute(1, 3, 4, 0, 2)).flatten(-2)
         d_weight = batched_matmul(d_gates, masked.flatten(-3, -2)).flatten(-3, -2)  # ([S,] 4H, I + H)
-        d_bias = d_pre.sum((0, -2))
         d_x = batched_matmul(d_gates.transpose(-1, -2), w_ih.unflatten(-2, (gates, -1)))  # ([S,] G, T*B, I)
         d_x = d_x.unflatten(-2, (out.shape[0], out.shape[-2]))
         if z_x is not None and z_x.shape[-3] > 1 and _compiled(d_x):

@@ -82,7 +82,7 @@ def test_compiled_backward_computes_what_the_python_loop_computes(pattern, model
     d_out, dh, dc = torch.randn_like(out), torch.randn_like(h0), torch.randn_like(c0)
     expected = lstm_kernel.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c)
     got = lstm_cpu.backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, split_rows)
-    for name, e, g in zip(["d_pre", "dh", "dc"], expected, got):
+    for name, e, g in zip(["d_pre", "dh", "dc", "d_bias"], expected, got, strict=True):
         assert g.shape == e.shape, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
 
