@@ -112,10 +112,10 @@ def _spelled_out(z_h, z_c, rows):
 
 
 def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None, split_rows=None, states=None):
-    """per_gate, split_rows: None lets `per_gate_products` choose (tests set them). x_proj is consumed where it
-    is already contiguous and in its own dtype: the returned acts are written over it. states:
-    None, or ([S,] G, T, B, H) (G: the recurrent masks' gates, 1 without them; rows may be strided)
-    that the loop fills with h_{t-1} * z_h[t] as it goes, where the backward will read them."""
+    """per_gate, split_rows: None lets `per_gate_products` choose (tests set them). x_proj is
+    consumed where it is already contiguous and in its own dtype: the returned acts are written
+    over it. states: None, or ([S,] G, T, B, H) (G: the recurrent masks' gates, 1 without them;
+    rows may be strided), which the loop fills with h_{t-1} * z_h[t] as it goes, for the backward."""
     population = weight.dim() == 3
     z_h, z_c = _spelled_out(z_h, z_c, rows=x_proj.shape[1:-1])
     dtype = x_proj.dtype

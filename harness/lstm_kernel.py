@@ -133,6 +133,8 @@ class MaskedLSTM(torch.autograd.Function):
         compiled_forward = functools.partial(lstm_cpu.forward_steps, states=None if states is None else states[..., :_gates(z_h), :, :, :])
         out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, compiled_forward, x_proj, h0, c0, w_hh, b_ih + b_hh, z_h, z_c)
         if backward_follows:
+            # Copied after the loop where it does not run compiled, or where untied input masks
+            # want G copies of a state the tied recurrent mask has the loop write once.
             if gates > _gates(z_h) or not _compiled(x):  # h0 for t = 0, the outputs after it
                 first, rest = (None, None) if z_h is None else (z_h[:1], z_h[1:] if z_h.shape[0] > 1 else z_h)
                 gate_major_masked(h0.unsqueeze(0), first, out=states[..., :1, :, :])

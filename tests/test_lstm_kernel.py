@@ -20,13 +20,16 @@ def masks(kind):
         "tied per sequence": (bern(1, 1, B, I), bern(1, 1, B, H), None),
         "untied per sequence": (bern(1, 4, B, I), bern(1, 4, B, H), None),
         "tied input, untied recurrent": (bern(1, 1, B, I), bern(1, 4, B, H), None),
+        "untied input, tied recurrent": (bern(1, 4, B, I), bern(1, 1, B, H), None),
+        "untied input, no recurrent": (bern(1, 4, B, I), None, None),
         "per step": (bern(T, 1, B, I), bern(T, 1, B, H), None),
         "cell per sequence": (None, None, bern(1, B, H)),
         "everything": (bern(T, 4, B, I), bern(T, 4, B, H), bern(T, B, H)),
     }[kind]
 
 
-KINDS = ["none", "tied per sequence", "untied per sequence", "tied input, untied recurrent", "per step", "cell per sequence", "everything"]
+KINDS = ["none", "tied per sequence", "untied per sequence", "tied input, untied recurrent", "untied input, tied recurrent",
+         "untied input, no recurrent", "per step", "cell per sequence", "everything"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
