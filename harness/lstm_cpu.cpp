@@ -395,17 +395,45 @@ void masked_gate_sum_loop(const at::Tensor& parts, const at::Tensor& mask, at::T
 
 }  // namespace
 
+// The loops index every tensor with a model dimension S, masks spelled out over it, in the model's
+// dtype and contiguous. A lone model (weight (4H, H)) comes without it: it is added here and taken
+// off the results, in C++ rather than Python, where the dozen view calls around each loop cost
+// 50-60 us a call once the loop has left the caches cold.
+struct Models {
+  bool lone;
+  at::ScalarType dtype;
+  at::Tensor operator()(const at::Tensor& t, int64_t dim) const { return (lone ? t.unsqueeze(dim) : t).to(dtype).contiguous(); }
+  c10::optional<at::Tensor> operator()(const c10::optional<at::Tensor>& t, int64_t dim) const {
+    return t.has_value() ? c10::optional<at::Tensor>((*this)(*t, dim)) : c10::nullopt;
+  }
+  at::Tensor out(const at::Tensor& t, int64_t dim) const { return lone ? t.squeeze(dim) : t; }
+};
+
+// z_h (T|1, S, G, B, H) and z_c (T|1, S, B, H), given with a model dimension: every model and batch
+// row that broadcasting leaves implicit spelled out, contiguous.
+void spell_out(c10::optional<at::Tensor>& z_h, c10::optional<at::Tensor>& z_c, int64_t S, int64_t B) {
+  if (z_h.has_value()) z_h = z_h->expand({z_h->size(0), S, z_h->size(2), z_h->size(3), z_h->size(4)}).contiguous();
+  if (z_c.has_value()) z_c = z_c->expand({z_c->size(0), S, B, z_c->size(3)}).contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
-    const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& weight, const at::Tensor& bias,
-    const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c, bool per_gate, bool split_rows,
-    const c10::optional<at::Tensor>& states) {
+    const at::Tensor& x_proj_in, const at::Tensor& h0_in, const at::Tensor& c0_in, const at::Tensor& weight_in,
+    const at::Tensor& bias_in, const c10::optional<at::Tensor>& z_h_in, const c10::optional<at::Tensor>& z_c_in, bool per_gate,
+    bool split_rows, const c10::optional<at::Tensor>& states_in) {
+  const Models models{weight_in.dim() == 2, x_proj_in.scalar_type()};
+  const auto x_proj = models(x_proj_in, 1), h0 = models(h0_in, 0), c0 = models(c0_in, 0), weight = models(weight_in, 0),
+             bias = models(bias_in, 0);
   const auto steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
+  auto z_h = models(z_h_in, 1), z_c = models(z_c_in, 1);
+  spell_out(z_h, z_c, S, B);
   const int64_t products = per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;  // untied: always per gate
-  if (states.has_value()) {
+  c10::optional<at::Tensor> states;  // strided rows: given a model dimension, never copied
+  if (states_in.has_value()) {
+    states = models.lone ? states_in->unsqueeze(0) : *states_in;
     const int64_t copies = z_h.has_value() ? z_h->size(2) : 1;
     TORCH_CHECK(states->sizes() == at::IntArrayRef({S, copies, steps, B, H}) && states->stride(4) == 1 &&
                     states->scalar_type() == x_proj.scalar_type(),
-                "states must be (S, G, T, B, H) with unit stride along H, G the recurrent masks' gates");
+                "states must be ([S,] G, T, B, H) with unit stride along H, G the recurrent masks' gates");
   }
   auto out = at::empty({steps, S, B, H}, x_proj.options());
   // The activations overwrite the projection they are computed from: a pass over fresh memory
@@ -416,31 +444,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "lstm_cpu_forward", [&] {
     forward_loop<scalar_t>(acts, h0, c0, weight, bias, z_h, z_c, products, split_rows, states, out, cells, tanh_c);
   });
-  return {out, acts, cells, tanh_c};
+  return {models.out(out, 1), models.out(acts, 1), models.out(cells, 1), models.out(tanh_c, 1)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
-    const at::Tensor& d_out, const at::Tensor& dh, const at::Tensor& dc, const at::Tensor& weight, const at::Tensor& acts,
-    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c,
-    bool split_rows) {
+    const at::Tensor& d_out_in, const at::Tensor& dh_in, const at::Tensor& dc_in, const at::Tensor& weight_in,
+    const at::Tensor& acts_in, const at::Tensor& cells_in, const at::Tensor& tanh_c_in, const c10::optional<at::Tensor>& z_h_in,
+    const c10::optional<at::Tensor>& z_c_in, bool split_rows) {
+  const Models models{weight_in.dim() == 2, acts_in.scalar_type()};
+  const auto d_out = models(d_out_in, 1), acts = models(acts_in, 1), cells = models(cells_in, 1), tanh_c = models(tanh_c_in, 1),
+             weight = models(weight_in, 0);
+  auto z_h = models(z_h_in, 1), z_c = models(z_c_in, 1);
+  spell_out(z_h, z_c, acts.size(1), acts.size(2));
   auto d_pre = at::empty_like(acts);
-  auto dh_carry = dh.clone(at::MemoryFormat::Contiguous);
-  auto dc_carry = dc.clone(at::MemoryFormat::Contiguous);
+  auto dh_carry = models(dh_in, 0).clone(at::MemoryFormat::Contiguous);
+  auto dc_carry = models(dc_in, 0).clone(at::MemoryFormat::Contiguous);
   auto d_bias = at::empty({acts.size(1), acts.size(3)}, acts.options());
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_cpu_backward", [&] {
     backward_loop<scalar_t>(d_out, dh_carry, dc_carry, weight, acts, cells, tanh_c, z_h, z_c, split_rows, d_pre, d_bias);
   });
-  return {d_pre, dh_carry, dc_carry, d_bias};
+  return {models.out(d_pre, 1), models.out(dh_carry, 0), models.out(dc_carry, 0), models.out(d_bias, 0)};
 }
 
-at::Tensor masked_gate_sum(const at::Tensor& parts, const at::Tensor& mask) {
-  TORCH_CHECK(parts.dim() == 5 && parts.is_contiguous() && mask.is_contiguous() && mask.dim() == 5 && mask.size(1) == parts.size(0) &&
-                  mask.size(2) == parts.size(1) && mask.size(3) == parts.size(3) && mask.size(4) == parts.size(4) &&
-                  mask.scalar_type() == parts.scalar_type(),
-              "parts must be contiguous (S, G, T, B, I) and mask (T|1, S, G, B, I)");
+// parts ([S,] G, T, B, I), mask (T|1, [S,] G, B, I): sum_k parts_k * mask_k, (T, [S,] B, I).
+at::Tensor masked_gate_sum(const at::Tensor& parts_in, const at::Tensor& mask_in) {
+  const Models models{parts_in.dim() == 4, parts_in.scalar_type()};
+  const auto parts = models(parts_in, 0), mask = models(mask_in, 1);
+  TORCH_CHECK(parts.dim() == 5 && mask.dim() == 5 && mask.size(1) == parts.size(0) && mask.size(2) == parts.size(1) &&
+                  mask.size(3) == parts.size(3) && mask.size(4) == parts.size(4),
+              "parts must be ([S,] G, T, B, I) and mask (T|1, [S,] G, B, I)");
   auto sum = at::empty({parts.size(2), parts.size(0), parts.size(3), parts.size(4)}, parts.options());
   AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "lstm_cpu_masked_gate_sum", [&] { masked_gate_sum_loop<scalar_t>(parts, mask, sum); });
-  return sum;
+  return models.out(sum, 1);
 }
 
 bool direct_blas(bool use) {

@@ -96,57 +96,22 @@ def per_gate_products(weight: torch.Tensor) -> bool:
     return weight.shape[-2] * weight.shape[-1] * weight.element_size() >= _l2_cache_bytes() // 2
 
 
-def _with_models(tensor, models_dim: int, population: bool, dtype: torch.dtype):
-    """Insert the model dimension at models_dim for a lone model; contiguous, in dtype (masks are
-    drawn in the default dtype, which may not be the model's)."""
-    if tensor is None:
-        return None
-    return (tensor if population else tensor.unsqueeze(models_dim)).to(dtype).contiguous()
-
-
-def _spelled_out(z_h, z_c, rows):
-    """The masks expanded over every model and batch row ([S,] B) that broadcasting leaves implicit."""
-    z_h = None if z_h is None else z_h.expand(z_h.shape[0], *rows[:-1], z_h.shape[-3], *z_h.shape[-2:])
-    z_c = None if z_c is None else z_c.expand(z_c.shape[0], *rows, z_c.shape[-1])
-    return z_h, z_c
-
-
 def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None, split_rows=None, states=None):
     """per_gate, split_rows: None lets `per_gate_products` choose (tests set them). x_proj is
     consumed where it is already contiguous and in its own dtype: the returned acts are written
     over it. states: None, or ([S,] G, T, B, H) (G: the recurrent masks' gates, 1 without them;
-    rows may be strided), which the loop fills with h_{t-1} * z_h[t] as it goes, for the backward."""
-    population = weight.dim() == 3
-    z_h, z_c = _spelled_out(z_h, z_c, rows=x_proj.shape[1:-1])
-    dtype = x_proj.dtype
-    out, acts, cells, tanh_c = _extension().forward(
-        _with_models(x_proj, 1, population, dtype),
-        *(_with_models(t, 0, population, dtype) for t in (h0, c0, weight, bias)),
-        *(_with_models(t, 1, population, dtype) for t in (z_h, z_c)),
-        per_gate_products(weight) if per_gate is None else per_gate,
-        not per_gate_products(weight) if split_rows is None else split_rows,
-        states if states is None or population else states.unsqueeze(0))
-    if not population:
-        out, acts, cells, tanh_c = (t.squeeze(1) for t in (out, acts, cells, tanh_c))
-    return out, acts, cells, tanh_c
+    rows may be strided), which the loop fills with h_{t-1} * z_h[t] as it goes, for the backward.
+    Masks in another dtype than x_proj's are taken in x_proj's."""
+    per_gate_weight = per_gate_products(weight)
+    return _extension().forward(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate_weight if per_gate is None else per_gate,
+                                not per_gate_weight if split_rows is None else split_rows, states)
 
 
 def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, split_rows=None):
-    population = weight.dim() == 3
-    z_h, z_c = _spelled_out(z_h, z_c, rows=acts.shape[1:-1])
-    dtype = acts.dtype
-    d_pre, dh, dc, d_bias = _extension().backward(
-        _with_models(d_out, 1, population, dtype),
-        *(_with_models(t, 0, population, dtype) for t in (dh, dc, weight)),
-        *(_with_models(t, 1, population, dtype) for t in (acts, cells, tanh_c, z_h, z_c)),
-        not per_gate_products(weight) if split_rows is None else split_rows)
-    if not population:
-        d_pre, dh, dc, d_bias = d_pre.squeeze(1), dh.squeeze(0), dc.squeeze(0), d_bias.squeeze(0)
-    return d_pre, dh, dc, d_bias
+    return _extension().backward(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c,
+                                 not per_gate_products(weight) if split_rows is None else split_rows)
 
 
 def masked_gate_sum(parts, mask):
     """parts ([S,] G, T, B, I), mask (T|1, [S,] G, B, I): sum_k parts_k * mask_k, (T, [S,] B, I)."""
-    population = parts.dim() == 5
-    total = _extension().masked_gate_sum(_with_models(parts, 0, population, parts.dtype), _with_models(mask, 1, population, parts.dtype))
-    return total if population else total.squeeze(1)
+    return _extension().masked_gate_sum(parts, mask)
