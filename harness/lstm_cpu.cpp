@@ -3,15 +3,18 @@
 // runs about ten small tensor ops. It computes forward_steps / backward_steps of lstm_kernel.py;
 // tests/test_lstm_cpu.py holds it to them.
 //
-// Shapes, S models (1 outside a population), G = 4 untied recurrent masks or 1:
+// Shapes the loops index, S models (a lone model comes without S; `Models` adds it), G = 4 untied
+// recurrent masks or 1:
 //   x_proj (T, S, B, 4H), overwritten by acts   h0, c0 (S, B, H)   weight (S, 4H, H)   bias (S, 4H) = b_ih + b_hh
 //   z_h (T|1, S, G, B, H) or None        z_c (T|1, S, B, H) or None
+//   states (S, G, T, B, H), rows strided, or None: h_{t-1} * z_h[t], written for the backward
 // The forward's recurrent product runs per model as one (B, H) x (H, 4H) product, or per gate as
 // four (B, H) x (H, H) products (`per_gate`, always when untied): lstm_cpu.py picks the faster.
 // The backward's runs per gate at every size: four (B, H) x (H, H) products batched over the gates
 // beat one (B, 4H) x (4H, H) product (2-core Xeon, batch 20: 0.86x the time at hidden 200, 0.94x at 650).
-// The element-wise passes between the products split their batch rows over ATen's threads (built
-// with -fopenmp): one layer's forward 1.11x faster at hidden 200, 1.07x at 650 on 2 cores.
+// Threads (built with -fopenmp): either each thread runs every step of its own batch rows
+// (`split_rows`, where W_hh fits in half of L2), or each step's product goes to MKL's threads and
+// the element-wise passes between products split their rows over ATen's.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
