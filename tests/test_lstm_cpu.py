@@ -56,20 +56,37 @@ def blas(request):
     lstm_cpu._extension().direct_blas(before)
 
 
+def _masked_previous_states(h0, out, z_h):
+    """([S,] G, T, B, H): h_{t-1} * z_h[t] for every step, h_{-1} = h0, computed with broadcasting."""
+    previous = torch.cat([h0.unsqueeze(0), out[:-1]]).unsqueeze(-3)  # (T, [S,] 1, B, H)
+    return (previous if z_h is None else previous * z_h).movedim(0, -3)
+
+
 @SIZE
 @SPLIT
 @pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
+@pytest.mark.parametrize("into_buffer", [False, True], ids=["states-in-scratch", "states-into-layer-buffer"])
 @pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, per_gate, split_rows, size, blas):
+def test_compiled_forward_computes_what_the_python_loop_computes(pattern, models, dtype, tolerance, into_buffer, per_gate, split_rows,
+                                                                 size, blas):
+    """Outputs as the Python loop's; where the layer hands over its buffer, the masked previous
+    states written into its strided rows, and nothing else of them touched."""
     generator = torch.Generator().manual_seed(7)
     x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
     expected = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)
+    inputs = 3  # as in the layer: each row is [masked input | masked state]
+    expected_states = _masked_previous_states(h0, expected[0], z_h)
+    buffer = torch.full((*expected_states.shape[:-1], inputs + expected_states.shape[-1]), float("nan"), dtype=dtype)
     consumed = x_proj.clone()
-    got = lstm_cpu.forward_steps(consumed, h0, c0, weight, bias, z_h, z_c, per_gate, split_rows)
+    got = lstm_cpu.forward_steps(consumed, h0, c0, weight, bias, z_h, z_c, per_gate, split_rows,
+                                 states=buffer[..., inputs:] if into_buffer else None)
     assert got[1].data_ptr() == consumed.data_ptr()  # acts written over the projection: no new buffer
-    for name, e, g in zip(["out", "acts", "cells", "tanh_c"], expected, got):
+    for name, e, g in zip(["out", "acts", "cells", "tanh_c"], expected, got, strict=True):
         assert g.shape == e.shape and g.dtype == e.dtype, name
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
+    if into_buffer:
+        torch.testing.assert_close(buffer[..., inputs:], expected_states, rtol=tolerance, atol=tolerance)
+    assert buffer[..., :inputs].isnan().all()
 
 
 @SIZE
@@ -89,28 +106,6 @@ def test_compiled_backward_computes_what_the_python_loop_computes(pattern, model
 
 def test_the_extension_builds_where_a_compiler_and_ninja_are_found():
     assert lstm_cpu.available()
-
-
-def _masked_previous_states(h0, out, z_h):
-    """([S,] G, T, B, H): h_{t-1} * z_h[t] for every step, h_{-1} = h0, computed with broadcasting."""
-    previous = torch.cat([h0.unsqueeze(0), out[:-1]]).unsqueeze(-3)  # (T, [S,] 1, B, H)
-    return (previous if z_h is None else previous * z_h).movedim(0, -3)
-
-
-@SIZE
-@SPLIT
-@pytest.mark.parametrize("per_gate", [False, True], ids=["one-product", "per-gate-products"])
-@pytest.mark.parametrize("pattern, models, dtype, tolerance", CASES)
-def test_the_forward_writes_the_masked_previous_states_into_a_strided_buffer(pattern, models, dtype, tolerance, per_gate, split_rows, size, blas):
-    generator = torch.Generator().manual_seed(11)
-    x_proj, h0, c0, weight, bias, z_h, z_c = _case(pattern, models, dtype, generator, size)
-    out = lstm_kernel.forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c)[0]
-    expected = _masked_previous_states(h0, out, z_h)
-    inputs = 3  # as in the layer: each row is [masked input | masked state]
-    buffer = torch.full((*expected.shape[:-1], inputs + expected.shape[-1]), float("nan"), dtype=dtype)
-    lstm_cpu.forward_steps(x_proj.clone(), h0, c0, weight, bias, z_h, z_c, per_gate, split_rows, states=buffer[..., inputs:])
-    torch.testing.assert_close(buffer[..., inputs:], expected, rtol=tolerance, atol=tolerance)
-    assert buffer[..., :inputs].isnan().all()  # the input part is not touched
 
 
 @pytest.mark.parametrize("models", [None, 3], ids=["alone", "population"])
