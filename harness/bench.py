@@ -2,7 +2,8 @@
 `torch.nn.LSTM` baseline (cuDNN on GPU, oneDNN on CPU) at the same size, in one process.
 
 Measurements are interleaved: round r times one training step and one evaluation step of every
-model, in an order shuffled anew each round, before round r+1 starts. A model's ratio to the baseline is the median over rounds of
+model, in an order shuffled anew each round, before round r+1 starts. A model's ratio to the
+baseline is the median over rounds of
 (baseline's time in round r) / (model's time in round r), so drift of the machine (turbo, other
 load) cancels within each pair; the quartiles of those per-round ratios are reported beside it as
 the run's resolution. Words per second come from each model's median step. On a shared 2-core

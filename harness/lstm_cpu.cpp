@@ -153,7 +153,8 @@ void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
   T* tc_out = tanh_c.data_ptr<T>();
   T* h_out = out.data_ptr<T>();
 
-  const int64_t copies = masks.gates;
+  // The layer's buffer may hold a copy per gate where only its input masks are untied.
+  const int64_t copies = states_opt.has_value() ? states_opt->size(1) : masks.gates;
   at::Tensor scratch;
   MaskedStates<T> states;
   if (states_opt.has_value()) {  // (S, G, T, B, H), rows strided: a slice of the layer's buffer
@@ -367,13 +368,14 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
   at::sum_out(d_bias, bias_parts, 0);
 }
 
-// The input gradient of untied masks, sum_k parts_k * z_k, in one pass: parts (S, G, T, B, I) holds
-// gate k's d_pre_k W_k, mask (T|1, S, G, B, I), sum (T, S, B, I). Masking in place and then summing
-// over the gates read and wrote the four parts twice (0.25 against 0.06 ms at hidden 200).
+// The masked input's gradient, sum_k parts_k * z_k, in one pass: parts (S, G, T, B, I) holds gate
+// k's d_pre_k W_k, mask (T|1, S, G|1, B, I) (one mask serves every gate), sum (T, S, B, I). Masking
+// four untied parts in place and then summing over the gates read and wrote them twice (0.25
+// against 0.06 ms at hidden 200).
 template <typename T>
 void masked_gate_sum_loop(const at::Tensor& parts, const at::Tensor& mask, at::Tensor& sum) {
   const int64_t S = parts.size(0), G = parts.size(1), steps = parts.size(2), B = parts.size(3), I = parts.size(4);
-  const int64_t mask_steps = mask.size(0);
+  const int64_t mask_steps = mask.size(0), mask_gates = mask.size(2);
   const T* p_all = parts.data_ptr<T>();
   const T* z_all = mask.data_ptr<T>();
   T* out_all = sum.data_ptr<T>();
@@ -383,7 +385,7 @@ void masked_gate_sum_loop(const at::Tensor& parts, const at::Tensor& mask, at::T
       T* to = out_all + row * I;
       for (int64_t k = 0; k < G; ++k) {
         const T* p = p_all + (((s * G + k) * steps + t) * B + b) * I;
-        const T* z = z_all + ((((mask_steps > 1 ? t : 0) * S + s) * G + k) * B + b) * I;
+        const T* z = z_all + ((((mask_steps > 1 ? t : 0) * S + s) * mask_gates + (mask_gates > 1 ? k : 0)) * B + b) * I;
         if (k == 0) {
 #pragma omp simd
           for (int64_t j = 0; j < I; ++j) to[j] = p[j] * z[j];
@@ -433,10 +435,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   c10::optional<at::Tensor> states;  // strided rows: given a model dimension, never copied
   if (states_in.has_value()) {
     states = models.lone ? states_in->unsqueeze(0) : *states_in;
-    const int64_t copies = z_h.has_value() ? z_h->size(2) : 1;
+    const int64_t mask_gates = z_h.has_value() ? z_h->size(2) : 1, copies = states->size(1);
     TORCH_CHECK(states->sizes() == at::IntArrayRef({S, copies, steps, B, H}) && states->stride(4) == 1 &&
-                    states->scalar_type() == x_proj.scalar_type(),
-                "states must be ([S,] G, T, B, H) with unit stride along H, G the recurrent masks' gates");
+                    states->scalar_type() == x_proj.scalar_type() && (copies == mask_gates || (mask_gates == 1 && copies == 4)),
+                "states must be ([S,] G, T, B, H) with unit stride along H, G the recurrent masks' gates or 4");
   }
   auto out = at::empty({steps, S, B, H}, x_proj.options());
   // The activations overwrite the projection they are computed from: a pass over fresh memory
@@ -469,13 +471,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return {models.out(d_pre, 1), models.out(dh_carry, 0), models.out(dc_carry, 0), models.out(d_bias, 0)};
 }
 
-// parts ([S,] G, T, B, I), mask (T|1, [S,] G, B, I): sum_k parts_k * mask_k, (T, [S,] B, I).
+// parts ([S,] G, T, B, I), mask (T|1, [S,] G|1, B, I): sum_k parts_k * mask_k, (T, [S,] B, I).
 at::Tensor masked_gate_sum(const at::Tensor& parts_in, const at::Tensor& mask_in) {
   const Models models{parts_in.dim() == 4, parts_in.scalar_type()};
   const auto parts = models(parts_in, 0), mask = models(mask_in, 1);
-  TORCH_CHECK(parts.dim() == 5 && mask.dim() == 5 && mask.size(1) == parts.size(0) && mask.size(2) == parts.size(1) &&
-                  mask.size(3) == parts.size(3) && mask.size(4) == parts.size(4),
-              "parts must be ([S,] G, T, B, I) and mask (T|1, [S,] G, B, I)");
+  TORCH_CHECK(parts.dim() == 5 && mask.dim() == 5 && mask.size(1) == parts.size(0) &&
+                  (mask.size(2) == parts.size(1) || mask.size(2) == 1) && mask.size(3) == parts.size(3) && mask.size(4) == parts.size(4),
+              "parts must be ([S,] G, T, B, I) and mask (T|1, [S,] G|1, B, I)");
   auto sum = at::empty({parts.size(2), parts.size(0), parts.size(3), parts.size(4)}, parts.options());
   AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "lstm_cpu_masked_gate_sum", [&] { masked_gate_sum_loop<scalar_t>(parts, mask, sum); });
   return models.out(sum, 1);
@@ -490,6 +492,6 @@ bool direct_blas(bool use) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "masked LSTM, T steps forward");
   m.def("backward", &backward, "masked LSTM, T steps backward");
-  m.def("masked_gate_sum", &masked_gate_sum, "untied input gradient: sum over gates of part * mask");
+  m.def("masked_gate_sum", &masked_gate_sum, "masked input gradient: sum over gates of part * mask");
   m.def("direct_blas", &direct_blas, "call the BLAS straight (default) or through ATen; returns the former setting");
 }

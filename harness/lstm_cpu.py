@@ -99,8 +99,8 @@ def per_gate_products(weight: torch.Tensor) -> bool:
 def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None, split_rows=None, states=None):
     """per_gate, split_rows: None lets `per_gate_products` choose (tests set them). x_proj is
     consumed where it is already contiguous and in its own dtype: the returned acts are written
-    over it. states: None, or ([S,] G, T, B, H) (G: the recurrent masks' gates, 1 without them;
-    rows may be strided), which the loop fills with h_{t-1} * z_h[t] as it goes, for the backward.
+    over it. states: None, or ([S,] G, T, B, H) (G: the recurrent masks' gates, or 4; rows may be
+    strided), which the loop fills with h_{t-1} * z_h[t] as it goes, for the backward.
     Masks in another dtype than x_proj's are taken in x_proj's."""
     per_gate_weight = per_gate_products(weight)
     return _extension().forward(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate_weight if per_gate is None else per_gate,
@@ -113,5 +113,5 @@ def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, split_r
 
 
 def masked_gate_sum(parts, mask):
-    """parts ([S,] G, T, B, I), mask (T|1, [S,] G, B, I): sum_k parts_k * mask_k, (T, [S,] B, I)."""
+    """parts ([S,] G, T, B, I), mask (T|1, [S,] G|1, B, I): sum_k parts_k * mask_k, (T, [S,] B, I)."""
     return _extension().masked_gate_sum(parts, mask)

@@ -130,12 +130,10 @@ class MaskedLSTM(torch.autograd.Function):
         # h_{t-1} * z_h for the backward: the compiled loop writes each as it computes it (0.18 ms of a
         # 3.5 ms layer forward at hidden 200 spent re-reading the outputs), elsewhere they are copied after.
         states = masked[..., inputs:] if backward_follows else None
-        compiled_forward = functools.partial(lstm_cpu.forward_steps, states=None if states is None else states[..., :_gates(z_h), :, :, :])
+        compiled_forward = functools.partial(lstm_cpu.forward_steps, states=states)
         out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, compiled_forward, x_proj, h0, c0, w_hh, b_ih + b_hh, z_h, z_c)
         if backward_follows:
-            # Copied after the loop where it does not run compiled, or where untied input masks
-            # want G copies of a state the tied recurrent mask has the loop write once.
-            if gates > _gates(z_h) or not _compiled(x):  # h0 for t = 0, the outputs after it
+            if not _compiled(x):  # h0 for t = 0, the outputs after it
                 first, rest = (None, None) if z_h is None else (z_h[:1], z_h[1:] if z_h.shape[0] > 1 else z_h)
                 gate_major_masked(h0.unsqueeze(0), first, out=states[..., :1, :, :])
                 gate_major_masked(out[:-1], rest, out=states[..., 1:, :, :])
@@ -155,7 +153,7 @@ class MaskedLSTM(torch.autograd.Function):
         d_weight = batched_matmul(d_gates, masked.flatten(-3, -2)).flatten(-3, -2)  # ([S,] 4H, I + H)
         d_x = batched_matmul(d_gates.transpose(-1, -2), w_ih.unflatten(-2, (gates, -1)))  # ([S,] G, T*B, I)
         d_x = d_x.unflatten(-2, (out.shape[0], out.shape[-2]))
-        if z_x is not None and z_x.shape[-3] > 1 and _compiled(d_x):
+        if z_x is not None and _compiled(d_x):
             d_x = lstm_cpu.masked_gate_sum(d_x, z_x)
         else:
             if z_x is not None:
