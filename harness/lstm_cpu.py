@@ -14,7 +14,9 @@ backward runs per gate at every size: 0.86x the time of one product at hidden 20
 
 Where W_hh fits in half of L2, the time loops instead split their batch rows over the threads,
 each thread running every step of its own rows with one-thread products (`split_rows`); a bigger
-W_hh is better read once per step by MKL's threads together.
+W_hh is better read once per step by MKL's threads together. Those one-thread products run in the
+extension's own AVX-512 kernel where the machine has AVX-512 and the model is float32, and so
+does the layer's masked input projection (`masked_projection`); elsewhere they run in MKL.
 """
 
 from __future__ import annotations
@@ -110,6 +112,19 @@ def forward_steps(x_proj, h0, c0, weight, bias, z_h, z_c, per_gate=None, split_r
 def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, split_rows=None):
     return _extension().backward(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c,
                                  not per_gate_products(weight) if split_rows is None else split_rows)
+
+
+def projects_inputs(x, w_ih) -> bool:
+    """Whether `masked_projection` runs for this layer: float32, in a build with the AVX-512 kernel,
+    and W_ih small enough for the kernel's panels of it to sit in a core's L2 (as `split_rows`)."""
+    return x.dtype == torch.float32 and _extension().kernel_runs() and not per_gate_products(w_ih)
+
+
+def masked_projection(x, z_x, w_ih, masked):
+    """x (T, [S,] B, I), z_x None or (T|1, [S,] G|1, B, I), w_ih ([S,] 4H, I), masked ([S,] C, T, B, I)
+    (rows may be strided). Returns mask(x) W_ih^T (T, [S,] B, 4H), gate k from copy k of x * z_x,
+    which it writes into `masked` (every copy: C = 4 with a tied mask copies it four times)."""
+    return _extension().masked_projection(x, z_x, w_ih, masked)
 
 
 def masked_gate_sum(parts, mask):

@@ -48,12 +48,13 @@ SIZE = pytest.mark.parametrize("size", list(SIZES))
 SPLIT = pytest.mark.parametrize("split_rows", [False, True], ids=["steps-over-threads", "rows-over-threads"])
 
 
-@pytest.fixture(params=[True, False], ids=["blas-direct", "blas-through-aten"])
+@pytest.fixture(params=["kernel", "blas", "aten"], ids=["own-kernel", "blas-direct", "blas-through-aten"])
 def blas(request):
-    """Products through MKL called straight, and through ATen (where torch's BLAS is not MKL)."""
-    before = lstm_cpu._extension().direct_blas(request.param)
+    """Products in the extension's own kernel (split-row loops, float32, AVX-512 builds), through
+    MKL called straight, and through ATen (where torch's BLAS is not MKL)."""
+    before = lstm_cpu._extension().products(request.param)
     yield
-    lstm_cpu._extension().direct_blas(before)
+    lstm_cpu._extension().products(before)
 
 
 def _masked_previous_states(h0, out, z_h):
@@ -118,6 +119,46 @@ def test_the_untied_input_gradient_sums_each_gates_masked_part(models, mask_step
     mask = torch.rand(mask_steps, *lead, 4, batch, inputs, generator=generator, dtype=torch.float64).ge(0.4).double() / 0.6
     expected = sum(parts.select(-4, k).movedim(-3, 0) * mask.select(-3, k) for k in range(4))  # (T, [S,] B, I)
     torch.testing.assert_close(lstm_cpu.masked_gate_sum(parts, mask), expected, rtol=1e-12, atol=1e-12)
+
+
+KERNEL = pytest.mark.skipif(not TOOLCHAIN or not lstm_cpu.available() or not lstm_cpu._extension().kernel_runs(),
+                            reason="built without AVX-512: the products run in MKL")
+
+
+@KERNEL
+@pytest.mark.parametrize("models", [None, 3], ids=["alone", "population"])
+@pytest.mark.parametrize("batch", [3, 29], ids=["one-row-block", "three-row-blocks"])
+@pytest.mark.parametrize("pattern, copies", [("none", 1), ("tied", 1), ("untied", 4), ("per-step", 1), ("tied", 4), ("none", 4)])
+def test_the_kernels_input_projection_writes_each_masked_copy_and_projects_it(pattern, copies, batch, models):
+    """Against the ATen path in float64: the projection, and the masked copies it writes into the
+    layer's strided buffer (a tied mask copied to all four where the recurrent masks are untied)."""
+    from dropbench.harness.projections import gate_major_masked, project_gate_major
+
+    generator = torch.Generator().manual_seed(11)
+    lead = () if models is None else (models,)
+    inputs, hidden = 19, 7  # 4H = 28 and H = 7 columns: tails of the kernel's 16-column vectors
+    x = torch.randn(STEPS, *lead, batch, inputs, generator=generator)
+    weight = torch.randn(*lead, 4 * hidden, inputs, generator=generator)
+    mask = {"tied": (1, 1), "untied": (1, 4), "per-step": (STEPS, 1)}.get(pattern)
+    z_x = None if mask is None else torch.rand(mask[0], *lead, mask[1], batch, inputs, generator=generator).ge(0.3).float() / 0.7
+    expected_copies = (x.double().movedim(0, -3).unsqueeze(-4) if z_x is None else gate_major_masked(x.double(), z_x.double()))
+    expected_copies = expected_copies.expand(*lead, copies, *expected_copies.shape[-3:])
+    expected = project_gate_major(expected_copies[..., : 1 if z_x is None or z_x.shape[-3] == 1 else 4, :, :, :], weight.double(), None)
+    buffer = torch.full((*lead, copies, STEPS, batch, inputs + hidden), float("nan"))
+    got = lstm_cpu.masked_projection(x, z_x, weight, buffer[..., :inputs])
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(buffer[..., :inputs].double(), expected_copies, rtol=1e-7, atol=0)
+    assert buffer[..., inputs:].isnan().all()
+
+
+def test_the_kernel_projects_float32_inputs_whose_weight_fits_half_the_l2_cache(monkeypatch):
+    monkeypatch.setattr(lstm_cpu, "_l2_cache_bytes", lambda: 2 * 2**20)
+    monkeypatch.setattr(lstm_cpu, "_extension", lambda: type("Built", (), {"kernel_runs": staticmethod(lambda: True)}))
+    small, big = torch.empty(4 * 200, 200), torch.empty(4 * 256, 256)
+    assert lstm_cpu.projects_inputs(torch.empty(1), small)
+    assert not lstm_cpu.projects_inputs(torch.empty(1), big)
+    assert not lstm_cpu.projects_inputs(torch.empty(1, dtype=torch.float64), small)
 
 
 def test_the_product_runs_per_gate_once_the_recurrent_weight_fills_half_the_l2_cache(monkeypatch):
