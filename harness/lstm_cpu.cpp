@@ -2,7 +2,7 @@
 // matrix product (in MKL or the kernel below) and one pass of fused gate arithmetic, where the
 // Python loop runs about ten small tensor ops. It computes forward_steps / backward_steps of
 // lstm_kernel.py; tests/test_lstm_cpu.py holds it to them. Where the kernel runs, it also computes
-// the layer's masked input projection (`masked_projection`).
+// the layer's masked input projection and the gradients of its input and weights.
 //
 // Shapes the loops index, S models (a lone model comes without S; `Models` adds it), G = 4 untied
 // recurrent masks or 1:
@@ -253,6 +253,47 @@ void kernel_product(const Product& p, int64_t rows) {
     const int64_t first = q * rows / count, last = (q + 1) * rows / count;
     by_rows[last - first - 1](p, first);
   }
+}
+
+// The weight gradient's products: C (R, V*16 columns, ldc apart) = sum over `count` rows n of
+// A[n, :] Y[n, :]: A packed R values per row (a + n R), Y 32 per row (y + n 32, masked inputs).
+template <int R, int V>
+void gradient_tile(const float* a, int64_t count, const float* y, float* c, int64_t ldc, __mmask16 tail) {
+  __m512 acc[R][V];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t n = 0; n < count; ++n) {
+    __m512 y_n[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) y_n[v] = _mm512_loadu_ps(y + n * 32 + v * 16);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 x = _mm512_set1_ps(a[n * R + r]);
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(x, y_n[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(c + r * ldc + v * 16, v == V - 1 ? tail : __mmask16(0xFFFF), acc[r][v]);
+  }
+}
+
+using GradientTile = void (*)(const float*, int64_t, const float*, float*, int64_t, __mmask16);
+template <int V, int... R>
+constexpr std::array<GradientTile, sizeof...(R)> gradient_tiles(std::integer_sequence<int, R...>) {
+  return {&gradient_tile<R + 1, V>...};
+}
+
+// C rows [j0, j0 + R) for one panel of `width` <= 32 columns, A packed as gradient_tile takes it.
+void gradient_panel(int64_t R, int64_t width, const float* a, int64_t count, const float* y, float* c, int64_t ldc) {
+  static constexpr auto one = gradient_tiles<1>(std::make_integer_sequence<int, kTileRows>());
+  static constexpr auto two = gradient_tiles<2>(std::make_integer_sequence<int, kTileRows>());
+  const int64_t last = width > 16 ? width - 16 : width;
+  (width > 16 ? two : one)[R - 1](a, count, y, c, ldc, __mmask16(last >= 16 ? 0xFFFF : (1u << last) - 1));
 }
 #else
 constexpr bool kKernelBuilt = false;  // the split-row loops call MKL
@@ -620,59 +661,156 @@ at::Tensor masked_gate_sum(const at::Tensor& parts_in, const at::Tensor& mask_in
   return models.out(sum, 1);
 }
 
-// The layer's input projection in the kernel: x_proj (T, [S,] B, 4H) = mask(x) W^T, x (T, [S,] B, I),
-// z_x None or (T|1, [S,] G|1, B, I), weight ([S,] 4H, I). Each row's masked copies x * z_x^k are
-// written into `masked` ([S,] C, T, B, I), rows strided (the layer's buffer, which the backward's
-// weight gradient reads; C = 4 copies of a tied mask where the recurrent masks are untied) just
-// before its products read them back from cache: no pass of its own over the copies, and gate
-// k's block of columns reads only copy k. (Hidden 200, batch 20, one layer in a training step:
-// masking and projecting took 0.96 ms tied and 1.31 ms untied through ATen and MKL.)
-at::Tensor masked_projection(const at::Tensor& x_in, const c10::optional<at::Tensor>& z_in, const at::Tensor& weight_in,
-                             const at::Tensor& masked_in) {
-  TORCH_CHECK(runs_kernel<float>(true) && x_in.scalar_type() == at::kFloat, "masked_projection runs in the AVX-512 kernel, on float32");
+// A float32 mask (T|1, [S,] G|1, B, C) given with a model dimension, spelled out over S and B:
+// the row of step t, model s, gate k, batch row b, or nullptr for no mask.
+struct RowMask {
+  at::Tensor held;
+  const float* z = nullptr;
+  int64_t steps = 1, S = 1, gates = 1, B = 1, C = 0;
+  RowMask(const c10::optional<at::Tensor>& mask, int64_t models, int64_t batch) {
+    if (!mask.has_value()) return;
+    held = mask->expand({mask->size(0), models, mask->size(2), batch, mask->size(4)}).contiguous();
+    z = held.data_ptr<float>(), steps = held.size(0), S = models, gates = held.size(2), B = batch, C = held.size(4);
+  }
+  const float* row(int64_t t, int64_t s, int64_t k, int64_t b) const {
+    return z ? z + ((((steps > 1 ? t : 0) * S + s) * gates + (gates > 1 ? k : 0)) * B + b) * C : nullptr;
+  }
+};
+
+// Where the whole layer runs in the kernel (lstm_kernel.py: float32, W_ih and W_hh small enough
+// for split rows), the masks are applied inside its products, and no copies of the masked inputs
+// and states are saved for the backward: the projection masks each row into a few kB of L1 just
+// before projecting it, and the weight gradient masks its inputs the same way as it reads them.
+// Untied, the saved copies were four of x and of h_{t-1}, written once per chunk and read again.
+// A training step of the small PTB model (hidden 200, 2 layers, batch 20; 2-core Xeon), the same
+// model both ways in one process: untied 56.3 -> 55.4 ms and 56.5 -> 55.8 ms in two runs, tied
+// 55.0 -> 55.1 and 55.4 -> 54.8 (MKL's weight gradient from one saved copy is about as fast).
+#if defined(__AVX512F__)
+// x_proj (T, [S,] B, 4H) = mask(x) W^T, gate k's columns from x * z_x^k: x (T, [S,] B, I),
+// z_x None or (T|1, [S,] G|1, B, I), weight ([S,] 4H, I).
+at::Tensor masked_projection(const at::Tensor& x_in, const c10::optional<at::Tensor>& z_in, const at::Tensor& weight_in) {
   const Models models{weight_in.dim() == 2, at::kFloat};
   const auto x = models(x_in, 1), weight = models(weight_in, 0);
-  const auto masked = models.lone ? masked_in.unsqueeze(0) : masked_in;
-  auto z = models(z_in, 1);
   const int64_t steps = x.size(0), S = x.size(1), B = x.size(2), I = x.size(3), width = weight.size(1);
-  if (z.has_value()) z = z->expand({z->size(0), S, z->size(2), B, I}).contiguous();
-  const int64_t z_steps = z.has_value() ? z->size(0) : 1, z_gates = z.has_value() ? z->size(2) : 1, copies = masked.size(1);
-  TORCH_CHECK(masked.sizes() == at::IntArrayRef({S, copies, steps, B, I}) && masked.stride(4) == 1 && masked.scalar_type() == at::kFloat &&
-                  (copies == z_gates || z_gates == 1),
-              "masked must be ([S,] C, T, B, I) with unit stride along I, C the input masks' gates or 4");
-  const int64_t P = z_gates, N = width / P;  // untied: a block of columns per gate, each from its own copy
+  const RowMask z(models(z_in, 1), S, B);
+  const int64_t P = z.gates, N = width / P;  // untied: a block of columns per gate
   const auto w_panels = panels(weight, P, I, N, true);
   auto x_proj = at::empty({steps, S, B, width}, x.options());
   const float* x_p = x.data_ptr<float>();
-  const float* z_p = z.has_value() ? z->data_ptr<float>() : nullptr;
-  float* m_p = masked.data_ptr<float>();
   float* out = x_proj.data_ptr<float>();
   const int64_t blocks = (B + kTileRows - 1) / kTileRows;  // row blocks of one step and model
   at::parallel_for(0, steps * S * blocks, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> masked(P * kTileRows * I);
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t t = unit / blocks / S, s = unit / blocks % S, q = unit % blocks;
       const int64_t b0 = q * B / blocks, b1 = (q + 1) * B / blocks;
-      float* rows = m_p + s * masked.stride(0) + t * masked.stride(2);
-      for (int64_t k = 0; k < copies; ++k) {
-        const float* z_k = z_p ? z_p + (((z_steps > 1 ? t : 0) * S + s) * z_gates + (z_gates > 1 ? k : 0)) * B * I : nullptr;
-        for (int64_t b = b0; b < b1; ++b) {
-          const float* from = x_p + ((t * S + s) * B + b) * I;
-          float* to = rows + k * masked.stride(1) + b * masked.stride(3);
-          if (z_k) {
+      const float* rows = x_p + ((t * S + s) * B + b0) * I;
+      if (z.z) {
+        for (int64_t k = 0; k < P; ++k) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const float* from = x_p + ((t * S + s) * B + b) * I;
+            const float* z_k = z.row(t, s, k, b);
+            float* to = masked.data() + (k * kTileRows + b - b0) * I;
 #pragma omp simd
-            for (int64_t i = 0; i < I; ++i) to[i] = from[i] * z_k[b * I + i];
-          } else {
-            std::copy(from, from + I, to);
+            for (int64_t i = 0; i < I; ++i) to[i] = from[i] * z_k[i];
           }
         }
+        rows = masked.data();
       }
-      const Product product{w_panels.data_ptr<float>() + s * w_panels.stride(0), P, I, N, rows + b0 * masked.stride(3),
-                            masked.stride(3), P > 1 ? masked.stride(1) : 0, out + ((t * S + s) * B + b0) * width, width, N, false, {}, 0};
+      const Product product{w_panels.data_ptr<float>() + s * w_panels.stride(0), P, I, N, rows, I, kTileRows * I,
+                            out + ((t * S + s) * B + b0) * width, width, N, false, {}, 0};
       kernel_product(product, b1 - b0);
     }
   });
   return models.out(x_proj, 1);
 }
+
+// d_x (T, [S,] B, I) = sum_k z_x^k * d_pre_k W_ih_k: d_pre (T, [S,] B, 4H), weight ([S,] 4H, I).
+at::Tensor masked_input_gradient(const at::Tensor& d_pre_in, const at::Tensor& weight_in, const c10::optional<at::Tensor>& z_in) {
+  const Models models{weight_in.dim() == 2, at::kFloat};
+  const auto d_pre = models(d_pre_in, 1), weight = models(weight_in, 0);
+  const int64_t steps = d_pre.size(0), S = d_pre.size(1), B = d_pre.size(2), width = d_pre.size(3), H = width / 4, I = weight.size(2);
+  const RowMask z(models(z_in, 1), S, B);
+  const auto w_panels = panels(weight, 4, H, I, false);
+  auto d_x = at::empty({steps, S, B, I}, d_pre.options());
+  const float* d_p = d_pre.data_ptr<float>();
+  float* out = d_x.data_ptr<float>();
+  const int64_t blocks = (B + kTileRows - 1) / kTileRows;
+  at::parallel_for(0, steps * S * blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t t = unit / blocks / S, s = unit / blocks % S, q = unit % blocks;
+      const int64_t b0 = q * B / blocks, b1 = (q + 1) * B / blocks;
+      std::array<const float*, 4> z_k{};
+      for (int64_t k = 0; k < 4; ++k) z_k[k] = z.row(t, s, k, b0);
+      const Product product{w_panels.data_ptr<float>() + s * w_panels.stride(0), 4, H, I, d_p + ((t * S + s) * B + b0) * width, width, H,
+                            out + ((t * S + s) * B + b0) * I, I, 0, true, z_k, I};
+      kernel_product(product, b1 - b0);
+    }
+  });
+  return models.out(d_x, 1);
+}
+
+// dW ([S,] 4H, I + H): gate k's rows sum d_pre_k^T [x * z_x^k | h_{t-1} * z_h^k] over steps and
+// rows, h_{-1} = h0. d_pre (T, [S,] B, 4H), x (T, [S,] B, I), h0 ([S,] B, H), out (T, [S,] B, H).
+// A thread takes one model's gate at a time: d_pre_k laid out in blocks of at most 12 of its
+// columns, each block's values of a row side by side, so that the tile reads it front to back;
+// then, for each panel of 32 input columns, those columns of every row masked into a buffer (T B x
+// 32, in L2), which every row block of dW reads.
+at::Tensor masked_weight_gradient(const at::Tensor& d_pre_in, const at::Tensor& x_in, const c10::optional<at::Tensor>& z_x_in,
+                                  const at::Tensor& h0_in, const at::Tensor& out_in, const c10::optional<at::Tensor>& z_h_in) {
+  const Models models{d_pre_in.dim() == 3, at::kFloat};
+  const auto d_pre = models(d_pre_in, 1), x = models(x_in, 1), h0 = models(h0_in, 0), out = models(out_in, 1);
+  const int64_t steps = d_pre.size(0), S = d_pre.size(1), B = d_pre.size(2), width = d_pre.size(3), H = width / 4, I = x.size(3);
+  const RowMask z_x(models(z_x_in, 1), S, B), z_h(models(z_h_in, 1), S, B);
+  auto d_weight = at::empty({S, width, I + H}, d_pre.options());
+  const float* d_p = d_pre.data_ptr<float>();
+  const float* x_p = x.data_ptr<float>();
+  const float* h0_p = h0.data_ptr<float>();
+  const float* out_p = out.data_ptr<float>();
+  float* dw = d_weight.data_ptr<float>();
+  const int64_t rows = steps * B, x_panels = (I + 31) / 32, panels = x_panels + (H + 31) / 32, blocks = (H + kTileRows - 1) / kTileRows;
+  at::parallel_for(0, S * 4, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> a(rows * H), y(rows * 32);
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t s = unit / 4, k = unit % 4;
+      for (int64_t t = 0, n = 0; t < steps; ++t) {
+        for (int64_t b = 0; b < B; ++b, ++n) {
+          const float* from = d_p + ((t * S + s) * B + b) * width + k * H;
+          for (int64_t q = 0; q < blocks; ++q) {  // block q: columns [j0, j1) of d_pre_k, at most 12
+            const int64_t j0 = q * H / blocks, j1 = (q + 1) * H / blocks;
+            const auto lanes = __mmask16((1u << (j1 - j0)) - 1);
+            _mm512_mask_storeu_ps(a.data() + rows * j0 + n * (j1 - j0), lanes, _mm512_maskz_loadu_ps(lanes, from + j0));
+          }
+        }
+      }
+      for (int64_t panel = 0; panel < panels; ++panel) {
+        const bool state = panel >= x_panels;  // columns of h_{t-1}, else of x
+        const int64_t c0 = (state ? panel - x_panels : panel) * 32, columns = std::min<int64_t>(32, (state ? H : I) - c0);
+        const __mmask16 lanes[2] = {__mmask16(columns >= 16 ? 0xFFFF : (1u << columns) - 1),
+                                    __mmask16(columns >= 32 ? 0xFFFF : columns > 16 ? (1u << (columns - 16)) - 1 : 0)};
+        for (int64_t t = 0; t < steps; ++t) {
+          const float* from = state ? (t == 0 ? h0_p + s * B * H : out_p + ((t - 1) * S + s) * B * H) : x_p + (t * S + s) * B * I;
+          const float* mask = (state ? z_h : z_x).row(t, s, k, 0);
+          const int64_t C = state ? H : I;
+          for (int64_t b = 0; b < B; ++b) {
+            for (int v = 0; v < 2; ++v) {  // zero past the panel's columns
+              __m512 value = _mm512_maskz_loadu_ps(lanes[v], from + b * C + c0 + 16 * v);
+              if (mask) value = _mm512_mul_ps(value, _mm512_maskz_loadu_ps(lanes[v], mask + b * C + c0 + 16 * v));
+              _mm512_storeu_ps(y.data() + (t * B + b) * 32 + 16 * v, value);
+            }
+          }
+        }
+        float* c = dw + (s * width + k * H) * (I + H) + (state ? I : 0) + c0;
+        for (int64_t q = 0; q < blocks; ++q) {
+          const int64_t j0 = q * H / blocks, j1 = (q + 1) * H / blocks;
+          gradient_panel(j1 - j0, columns, a.data() + rows * j0, rows, y.data(), c + j0 * (I + H), I + H);
+        }
+      }
+    }
+  });
+  return models.out(d_weight, 0);
+}
+#endif
 
 bool kernel_runs() { return runs_kernel<float>(true); }
 
@@ -689,7 +827,11 @@ std::string products(const std::string& by) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "masked LSTM, T steps forward");
   m.def("backward", &backward, "masked LSTM, T steps backward");
-  m.def("masked_projection", &masked_projection, "masked input projection, the masked copies written on the way");
+#if defined(__AVX512F__)
+  m.def("masked_projection", &masked_projection, "masked input projection, in the kernel");
+  m.def("masked_input_gradient", &masked_input_gradient, "the input's gradient, masks applied in the kernel's products");
+  m.def("masked_weight_gradient", &masked_weight_gradient, "W_ih and W_hh's gradient, masked inputs formed in the kernel");
+#endif
   m.def("kernel_runs", &kernel_runs, "whether float32 split-row products run in the AVX-512 kernel");
   m.def("masked_gate_sum", &masked_gate_sum, "masked input gradient: sum over gates of part * mask");
   m.def("products", &products, "what runs the products: kernel (default), blas or aten; returns the former setting");

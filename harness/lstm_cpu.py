@@ -15,8 +15,8 @@ backward runs per gate at every size: 0.86x the time of one product at hidden 20
 Where W_hh fits in half of L2, the time loops instead split their batch rows over the threads,
 each thread running every step of its own rows with one-thread products (`split_rows`); a bigger
 W_hh is better read once per step by MKL's threads together. Those one-thread products run in the
-extension's own AVX-512 kernel where the machine has AVX-512 and the model is float32, and so
-does the layer's masked input projection (`masked_projection`); elsewhere they run in MKL.
+extension's own AVX-512 kernel where the machine has AVX-512 and the model is float32, and so does
+the rest of such a layer (`runs_layer`); elsewhere they run in MKL.
 """
 
 from __future__ import annotations
@@ -114,17 +114,31 @@ def backward_steps(d_out, dh, dc, weight, acts, cells, tanh_c, z_h, z_c, split_r
                                  not per_gate_products(weight) if split_rows is None else split_rows)
 
 
-def projects_inputs(x, w_ih) -> bool:
-    """Whether `masked_projection` runs for this layer: float32, in a build with the AVX-512 kernel,
-    and W_ih small enough for the kernel's panels of it to sit in a core's L2 (as `split_rows`)."""
-    return x.dtype == torch.float32 and _extension().kernel_runs() and not per_gate_products(w_ih)
+def runs_layer(x, w_ih, w_hh) -> bool:
+    """Whether the whole layer runs in the extension's AVX-512 kernel, its masks applied inside the
+    products (`masked_projection`, `masked_input_gradient`, `masked_weight_gradient`): float32, a
+    build with the kernel, and W_ih and W_hh small enough for split rows (`per_gate_products`)."""
+    return (x.dtype == torch.float32 and _extension().kernel_runs()
+            and not per_gate_products(w_ih) and not per_gate_products(w_hh))
 
 
-def masked_projection(x, z_x, w_ih, masked):
-    """x (T, [S,] B, I), z_x None or (T|1, [S,] G|1, B, I), w_ih ([S,] 4H, I), masked ([S,] C, T, B, I)
-    (rows may be strided). Returns mask(x) W_ih^T (T, [S,] B, 4H), gate k from copy k of x * z_x,
-    which it writes into `masked` (every copy: C = 4 with a tied mask copies it four times)."""
-    return _extension().masked_projection(x, z_x, w_ih, masked)
+def masked_projection(x, z_x, w_ih):
+    """x (T, [S,] B, I), z_x None or (T|1, [S,] G|1, B, I), w_ih ([S,] 4H, I). Returns
+    (T, [S,] B, 4H) = mask(x) W_ih^T, gate k's columns from x * z_x^k."""
+    return _extension().masked_projection(x, z_x, w_ih)
+
+
+def masked_input_gradient(d_pre, w_ih, z_x):
+    """d_pre (T, [S,] B, 4H). Returns the input's gradient sum_k z_x^k * d_pre_k W_ih_k, (T, [S,] B, I)."""
+    return _extension().masked_input_gradient(d_pre, w_ih, z_x)
+
+
+def masked_weight_gradient(d_pre, x, z_x, h0, out, z_h):
+    """d_pre (T, [S,] B, 4H), x (T, [S,] B, I), h0 ([S,] B, H), out (T, [S,] B, H). Returns the
+    gradients of W_ih and W_hh: gate k's rows sum d_pre_k^T (x * z_x^k) and d_pre_k^T (h_{t-1} * z_h^k)
+    over steps and rows, h_{-1} = h0."""
+    d_weight = _extension().masked_weight_gradient(d_pre, x, z_x, h0, out, z_h)
+    return d_weight[..., : x.shape[-1]], d_weight[..., x.shape[-1] :]
 
 
 def masked_gate_sum(parts, mask):

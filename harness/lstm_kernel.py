@@ -109,12 +109,15 @@ def _gates(*masks) -> int:
 
 class MaskedLSTM(torch.autograd.Function):
     """The layer: x (T, [S,] B, I), z_x None or (T|1, [S,] G|1, B, I), W_ih ([S,] 4H, I), b_ih,
-    and the recurrence's h0, c0, W_hh, b_hh, z_h, z_c. Inputs and previous states, each masked as
-    gate k sees them, share one buffer ([S,] G, T, B, I + H) = [x * z_x | h_{t-1} * z_h], so that
-    the gradients of W_ih and W_hh come out of one product and b_ih and b_hh share one sum. One
-    layer's forward + backward alone (2-core Xeon, batch 20, tied masks) went from 0.96x to
-    1.04-1.06x the speed of oneDNN's fused LSTM at hidden 650, from 0.88x to 0.92x at 200; in a
-    whole training step the change stayed inside the machine's run-to-run noise."""
+    and the recurrence's h0, c0, W_hh, b_hh, z_h, z_c.
+
+    Where the CPU build's AVX-512 kernel runs the layer (`lstm_cpu.runs_layer`), it applies the
+    masks inside its products and nothing masked is kept for the backward. Elsewhere the products
+    run in MKL or cuBLAS, which take no masks: inputs and previous states, each masked as gate k
+    sees them, share one buffer ([S,] G, T, B, I + H) = [x * z_x | h_{t-1} * z_h], so that the
+    gradients of W_ih and W_hh come out of one product and b_ih and b_hh share one sum. One
+    layer's forward + backward alone (2-core Xeon, batch 20, tied masks, MKL) went from 0.96x to
+    1.04-1.06x the speed of oneDNN's fused LSTM at hidden 650, from 0.88x to 0.92x at 200."""
 
     use_cuda_graphs = True
     use_compiled_cpu = True
@@ -122,47 +125,68 @@ class MaskedLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z_x, h0, c0, w_ih, b_ih, w_hh, b_hh, z_h, z_c, backward_follows: bool):
         """backward_follows: grad mode was on at the call (the buffer's h part is then filled)."""
-        steps, *rows, inputs = x.shape
-        gates = _gates(z_x, z_h)
-        masked = x.new_empty(*rows[:-1], gates, steps, rows[-1], inputs + w_hh.shape[-1])
+        ctx.in_kernel = _compiled(x) and lstm_cpu.runs_layer(x, w_ih, w_hh)
         # Both biases join the recurrence's per-step sum, where adding them costs no pass of its own.
-        if _compiled(x) and lstm_cpu.projects_inputs(x, w_ih):
-            x_proj = lstm_cpu.masked_projection(x, z_x, w_ih, masked[..., :inputs])
+        if ctx.in_kernel:
+            x_proj = lstm_cpu.masked_projection(x, z_x, w_ih)
+            out, acts, cells, tanh_c = lstm_cpu.forward_steps(x_proj, h0, c0, w_hh, b_ih + b_hh, z_h, z_c)
+            inputs = x
         else:
-            x_proj = project_gate_major(gate_major_masked(x, z_x, out=masked[..., :inputs]), w_ih, None)
-        # h_{t-1} * z_h for the backward: the compiled loop writes each as it computes it (0.18 ms of a
-        # 3.5 ms layer forward at hidden 200 spent re-reading the outputs), elsewhere they are copied after.
-        states = masked[..., inputs:] if backward_follows else None
-        compiled_forward = functools.partial(lstm_cpu.forward_steps, states=states)
-        out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, compiled_forward, x_proj, h0, c0, w_hh, b_ih + b_hh, z_h, z_c)
+            inputs, out, acts, cells, tanh_c = _forward_with_buffer(x, z_x, h0, c0, w_ih, w_hh, b_ih + b_hh, z_h, z_c, backward_follows)
         if backward_follows:
-            if not _compiled(x):  # h0 for t = 0, the outputs after it
-                first, rest = (None, None) if z_h is None else (z_h[:1], z_h[1:] if z_h.shape[0] > 1 else z_h)
-                gate_major_masked(h0.unsqueeze(0), first, out=states[..., :1, :, :])
-                gate_major_masked(out[:-1], rest, out=states[..., 1:, :, :])
-            ctx.save_for_backward(masked, z_x, h0, w_ih, w_hh, out, acts, cells, tanh_c, z_h, z_c)
+            ctx.save_for_backward(inputs, z_x, h0, w_ih, w_hh, out, acts, cells, tanh_c, z_h, z_c)
         return out, out[-1].clone(), cells[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
-        masked, z_x, h0, w_ih, w_hh, out, acts, cells, tanh_c, z_h, z_c = ctx.saved_tensors
+        inputs, z_x, h0, w_ih, w_hh, out, acts, cells, tanh_c, z_h, z_c = ctx.saved_tensors
         d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
         d_h = torch.zeros_like(h0) if d_h is None else d_h
         d_c = torch.zeros_like(h0) if d_c is None else d_c
         d_pre, dh, dc, d_bias = _run("lstm-backward", backward_steps, lstm_cpu.backward_steps, d_out, d_h, d_c, w_hh, acts, cells, tanh_c, z_h, z_c)
-        gates, inputs = masked.shape[-4], w_ih.shape[-1]
-        d_gates = d_pre.unflatten(-1, (gates, -1))  # (T, [S,] B, G, 4H/G) -> ([S,] G, 4H/G, T*B)
-        d_gates = (d_gates.permute(2, 3, 0, 1) if w_ih.dim() == 2 else d_gates.permute(1, 3, 4, 0, 2)).flatten(-2)
-        d_weight = batched_matmul(d_gates, masked.flatten(-3, -2)).flatten(-3, -2)  # ([S,] 4H, I + H)
-        d_x = batched_matmul(d_gates.transpose(-1, -2), w_ih.unflatten(-2, (gates, -1)))  # ([S,] G, T*B, I)
-        d_x = d_x.unflatten(-2, (out.shape[0], out.shape[-2]))
-        if z_x is not None and _compiled(d_x):
-            d_x = lstm_cpu.masked_gate_sum(d_x, z_x)
+        if ctx.in_kernel:
+            d_w_ih, d_w_hh = lstm_cpu.masked_weight_gradient(d_pre, inputs, z_x, h0, out, z_h)
+            d_x = lstm_cpu.masked_input_gradient(d_pre, w_ih, z_x)
         else:
-            if z_x is not None:
-                d_x.mul_(z_x.movedim(0, -3))  # d_x is this product's own: no second (G, T, B, I) buffer
-            d_x = (d_x.sum(-4) if gates > 1 else d_x.squeeze(-4)).movedim(-3, 0)
-        return d_x, None, dh, dc, d_weight[..., :inputs], d_bias, d_weight[..., inputs:], d_bias, None, None, None
+            d_x, d_w_ih, d_w_hh = _gradients_from_buffer(d_pre, inputs, z_x, w_ih, out.shape[0])
+        return d_x, None, dh, dc, d_w_ih, d_bias, d_w_hh, d_bias, None, None, None
+
+
+def _forward_with_buffer(x, z_x, h0, c0, w_ih, w_hh, bias, z_h, z_c, backward_follows):
+    """The layer's forward where MKL or cuBLAS runs the products. Returns the buffer of masked
+    inputs and states ([S,] G, T, B, I + H) (the states filled where a backward follows), out,
+    acts, cells, tanh_c."""
+    steps, *rows, inputs = x.shape
+    masked = x.new_empty(*rows[:-1], _gates(z_x, z_h), steps, rows[-1], inputs + w_hh.shape[-1])
+    x_proj = project_gate_major(gate_major_masked(x, z_x, out=masked[..., :inputs]), w_ih, None)
+    # h_{t-1} * z_h for the backward: the compiled loop writes each as it computes it (0.18 ms of a
+    # 3.5 ms layer forward at hidden 200 spent re-reading the outputs), elsewhere they are copied after.
+    states = masked[..., inputs:] if backward_follows else None
+    compiled_forward = functools.partial(lstm_cpu.forward_steps, states=states)
+    out, acts, cells, tanh_c = _run("lstm-forward", forward_steps, compiled_forward, x_proj, h0, c0, w_hh, bias, z_h, z_c)
+    if backward_follows and not _compiled(x):  # h0 for t = 0, the outputs after it
+        first, rest = (None, None) if z_h is None else (z_h[:1], z_h[1:] if z_h.shape[0] > 1 else z_h)
+        gate_major_masked(h0.unsqueeze(0), first, out=states[..., :1, :, :])
+        gate_major_masked(out[:-1], rest, out=states[..., 1:, :, :])
+    return masked, out, acts, cells, tanh_c
+
+
+def _gradients_from_buffer(d_pre, masked, z_x, w_ih, steps):
+    """The gradients of x, W_ih and W_hh from d_pre (T, [S,] B, 4H) and the buffer of
+    `_forward_with_buffer`."""
+    gates, inputs = masked.shape[-4], w_ih.shape[-1]
+    d_gates = d_pre.unflatten(-1, (gates, -1))  # (T, [S,] B, G, 4H/G) -> ([S,] G, 4H/G, T*B)
+    d_gates = (d_gates.permute(2, 3, 0, 1) if w_ih.dim() == 2 else d_gates.permute(1, 3, 4, 0, 2)).flatten(-2)
+    d_weight = batched_matmul(d_gates, masked.flatten(-3, -2)).flatten(-3, -2)  # ([S,] 4H, I + H)
+    d_x = batched_matmul(d_gates.transpose(-1, -2), w_ih.unflatten(-2, (gates, -1)))  # ([S,] G, T*B, I)
+    d_x = d_x.unflatten(-2, (steps, masked.shape[-2]))
+    if z_x is not None and _compiled(d_x):
+        d_x = lstm_cpu.masked_gate_sum(d_x, z_x)
+    else:
+        if z_x is not None:
+            d_x.mul_(z_x.movedim(0, -3))  # d_x is this product's own: no second (G, T, B, I) buffer
+        d_x = (d_x.sum(-4) if gates > 1 else d_x.squeeze(-4)).movedim(-3, 0)
+    return d_x, d_weight[..., :inputs], d_weight[..., inputs:]
 
 
 def masked_lstm(x, z_x, h0, c0, w_ih, b_ih, w_hh, b_hh, z_h, z_c):

@@ -12,6 +12,7 @@ import torch
 from torch.utils import cpp_extension
 
 from dropbench.harness import lstm_cpu, lstm_kernel
+from dropbench.harness.projections import gate_major_masked, project_gate_major
 
 # Skipped only where the toolchain is missing: where it is present, a build that fails is a failure.
 TOOLCHAIN = shutil.which(os.environ.get("CXX", "c++")) is not None and cpp_extension.is_ninja_available()
@@ -125,40 +126,76 @@ KERNEL = pytest.mark.skipif(not TOOLCHAIN or not lstm_cpu.available() or not lst
                             reason="built without AVX-512: the products run in MKL")
 
 
-@KERNEL
-@pytest.mark.parametrize("models", [None, 3], ids=["alone", "population"])
-@pytest.mark.parametrize("batch", [3, 29], ids=["one-row-block", "three-row-blocks"])
-@pytest.mark.parametrize("pattern, copies", [("none", 1), ("tied", 1), ("untied", 4), ("per-step", 1), ("tied", 4), ("none", 4)])
-def test_the_kernels_input_projection_writes_each_masked_copy_and_projects_it(pattern, copies, batch, models):
-    """Against the ATen path in float64: the projection, and the masked copies it writes into the
-    layer's strided buffer (a tied mask copied to all four where the recurrent masks are untied)."""
-    from dropbench.harness.projections import gate_major_masked, project_gate_major
-
-    generator = torch.Generator().manual_seed(11)
+def _masked_layer_case(pattern, batch, models, generator):
+    """float32 inputs of one layer, hidden 7 and 19 inputs (tails of the kernel's 16-column vectors),
+    with input and recurrent masks of the pattern: x, z_x, h0, out, w_ih, d_pre, z_h."""
     lead = () if models is None else (models,)
-    inputs, hidden = 19, 7  # 4H = 28 and H = 7 columns: tails of the kernel's 16-column vectors
-    x = torch.randn(STEPS, *lead, batch, inputs, generator=generator)
-    weight = torch.randn(*lead, 4 * hidden, inputs, generator=generator)
-    mask = {"tied": (1, 1), "untied": (1, 4), "per-step": (STEPS, 1)}.get(pattern)
-    z_x = None if mask is None else torch.rand(mask[0], *lead, mask[1], batch, inputs, generator=generator).ge(0.3).float() / 0.7
-    expected_copies = (x.double().movedim(0, -3).unsqueeze(-4) if z_x is None else gate_major_masked(x.double(), z_x.double()))
-    expected_copies = expected_copies.expand(*lead, copies, *expected_copies.shape[-3:])
-    expected = project_gate_major(expected_copies[..., : 1 if z_x is None or z_x.shape[-3] == 1 else 4, :, :, :], weight.double(), None)
-    buffer = torch.full((*lead, copies, STEPS, batch, inputs + hidden), float("nan"))
-    got = lstm_cpu.masked_projection(x, z_x, weight, buffer[..., :inputs])
+    inputs, hidden = 19, 7
+    shape = {"tied": (1, 1), "untied": (1, 4), "per-step": (STEPS, 1)}.get(pattern)
+
+    def mask(size):
+        return None if shape is None else torch.rand(shape[0], *lead, shape[1], batch, size, generator=generator).ge(0.3).float() / 0.7
+    return (torch.randn(STEPS, *lead, batch, inputs, generator=generator), mask(inputs), torch.randn(*lead, batch, hidden, generator=generator),
+            torch.randn(STEPS, *lead, batch, hidden, generator=generator), torch.randn(*lead, 4 * hidden, inputs, generator=generator),
+            torch.randn(STEPS, *lead, batch, 4 * hidden, generator=generator), mask(hidden))
+
+
+def _per_gate(values, mask):
+    """([S,] G, T, B, C): gate k's masked copy of values (T, [S,] B, C), float64; G = 1 without a mask."""
+    values = values.double()
+    return values.movedim(0, -3).unsqueeze(-4) if mask is None else gate_major_masked(values, mask.double())
+
+
+LAYER_CASES = pytest.mark.parametrize("pattern", ["none", "tied", "untied", "per-step"])
+MODELS = pytest.mark.parametrize("models", [None, 3], ids=["alone", "population"])
+BATCH = pytest.mark.parametrize("batch", [3, 29], ids=["one-row-block", "three-row-blocks"])
+
+
+@KERNEL
+@MODELS
+@BATCH
+@LAYER_CASES
+def test_the_kernels_input_projection_masks_each_gates_input(pattern, batch, models):
+    x, z_x, _, _, w_ih, _, _ = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(11))
+    expected = project_gate_major(_per_gate(x, z_x), w_ih.double(), None)
+    got = lstm_cpu.masked_projection(x, z_x, w_ih)
     assert got.shape == expected.shape and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(buffer[..., :inputs].double(), expected_copies, rtol=1e-7, atol=0)
-    assert buffer[..., inputs:].isnan().all()
 
 
-def test_the_kernel_projects_float32_inputs_whose_weight_fits_half_the_l2_cache(monkeypatch):
-    monkeypatch.setattr(lstm_cpu, "_l2_cache_bytes", lambda: 2 * 2**20)
-    monkeypatch.setattr(lstm_cpu, "_extension", lambda: type("Built", (), {"kernel_runs": staticmethod(lambda: True)}))
-    small, big = torch.empty(4 * 200, 200), torch.empty(4 * 256, 256)
-    assert lstm_cpu.projects_inputs(torch.empty(1), small)
-    assert not lstm_cpu.projects_inputs(torch.empty(1), big)
-    assert not lstm_cpu.projects_inputs(torch.empty(1, dtype=torch.float64), small)
+@KERNEL
+@MODELS
+@BATCH
+@LAYER_CASES
+def test_the_kernels_input_gradient_sums_each_gates_masked_part(pattern, batch, models):
+    _, z_x, _, _, w_ih, d_pre, _ = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(12))
+    per_gate = w_ih.double().unflatten(-2, (4, -1))  # ([S,] 4, H, I)
+    parts = torch.stack([d_pre.double().unflatten(-1, (4, -1)).select(-2, k) @ per_gate.select(-3, k)
+                         for k in range(4)], -3)  # (T, [S,] 4, B, I) = d_pre_k W_k
+    if z_x is not None:
+        parts = parts * z_x.double()
+    got = lstm_cpu.masked_input_gradient(d_pre, w_ih, z_x)
+    torch.testing.assert_close(got.double(), parts.sum(-3), rtol=1e-5, atol=1e-5)
+
+
+@KERNEL
+@MODELS
+@BATCH
+@LAYER_CASES
+def test_the_kernels_weight_gradient_reads_each_gates_masked_inputs(pattern, batch, models):
+    """Against products over the masked copies the MKL path saves, in float64."""
+    x, z_x, h0, out, w_ih, d_pre, z_h = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(13))
+    previous = torch.cat([h0.unsqueeze(0), out[:-1]])  # h_{t-1}
+    d_gates = d_pre.double().unflatten(-1, (4, -1))  # (T, [S,] B, 4, H) -> ([S,] 4, T, B, H)
+    d_gates = d_gates.permute(2, 0, 1, 3) if models is None else d_gates.permute(1, 3, 0, 2, 4)
+    expected = []
+    for values, mask in [(x, z_x), (previous, z_h)]:
+        copies = _per_gate(values, mask).expand(*d_gates.shape[:-1], values.shape[-1])  # ([S,] 4, T, B, C)
+        expected.append((d_gates.flatten(-3, -2).transpose(-1, -2) @ copies.flatten(-3, -2)).flatten(-3, -2))  # ([S,] 4H, C)
+    got = lstm_cpu.masked_weight_gradient(d_pre, x, z_x, h0, out, z_h)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-4)
 
 
 def test_the_product_runs_per_gate_once_the_recurrent_weight_fills_half_the_l2_cache(monkeypatch):
