@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <utility>
 #include <tuple>
@@ -176,10 +177,15 @@ at::Tensor panels(const at::Tensor& weight, int64_t G, int64_t K, int64_t N, boo
       const int64_t block = unit / per_block, j0 = unit % per_block * 32, width = std::min<int64_t>(32, padded - j0);
       const float* w_block = w + block * N * K;  // block = s * G + g
       float* panel = o + block * K * padded + j0 * K;
-      for (int64_t i = 0; i < K; ++i) {
-        for (int64_t j = 0; j < width; ++j) {
-          panel[i * width + j] = j0 + j >= N ? 0.f : transposed ? w_block[(j0 + j) * K + i] : w_block[i * N + j0 + j];
+      const int64_t columns = std::min(width, N - j0);
+      if (columns < width) std::fill(panel, panel + K * width, 0.f);
+      if (transposed) {  // W's rows j0.. become columns: reads in order, writes within the panel (in L1)
+        for (int64_t j = 0; j < columns; ++j) {
+          const float* w_row = w_block + (j0 + j) * K;
+          for (int64_t i = 0; i < K; ++i) panel[i * width + j] = w_row[i];
         }
+      } else {
+        for (int64_t i = 0; i < K; ++i) std::copy(w_block + i * N + j0, w_block + i * N + j0 + columns, panel + i * width);
       }
     }
   });
@@ -770,7 +776,7 @@ at::Tensor masked_weight_gradient(const at::Tensor& d_pre_in, const at::Tensor& 
   float* dw = d_weight.data_ptr<float>();
   const int64_t rows = steps * B, x_panels = (I + 31) / 32, panels = x_panels + (H + 31) / 32, blocks = (H + kTileRows - 1) / kTileRows;
   at::parallel_for(0, S * 4, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> a(rows * H), y(rows * 32);
+    const std::unique_ptr<float[]> a(new float[rows * H]), y(new float[rows * 32]);  // filled before read
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t s = unit / 4, k = unit % 4;
       for (int64_t t = 0, n = 0; t < steps; ++t) {
@@ -779,7 +785,7 @@ at::Tensor masked_weight_gradient(const at::Tensor& d_pre_in, const at::Tensor& 
           for (int64_t q = 0; q < blocks; ++q) {  // block q: columns [j0, j1) of d_pre_k, at most 12
             const int64_t j0 = q * H / blocks, j1 = (q + 1) * H / blocks;
             const auto lanes = __mmask16((1u << (j1 - j0)) - 1);
-            _mm512_mask_storeu_ps(a.data() + rows * j0 + n * (j1 - j0), lanes, _mm512_maskz_loadu_ps(lanes, from + j0));
+            _mm512_mask_storeu_ps(a.get() + rows * j0 + n * (j1 - j0), lanes, _mm512_maskz_loadu_ps(lanes, from + j0));
           }
         }
       }
@@ -796,14 +802,14 @@ at::Tensor masked_weight_gradient(const at::Tensor& d_pre_in, const at::Tensor& 
             for (int v = 0; v < 2; ++v) {  // zero past the panel's columns
               __m512 value = _mm512_maskz_loadu_ps(lanes[v], from + b * C + c0 + 16 * v);
               if (mask) value = _mm512_mul_ps(value, _mm512_maskz_loadu_ps(lanes[v], mask + b * C + c0 + 16 * v));
-              _mm512_storeu_ps(y.data() + (t * B + b) * 32 + 16 * v, value);
+              _mm512_storeu_ps(y.get() + (t * B + b) * 32 + 16 * v, value);
             }
           }
         }
         float* c = dw + (s * width + k * H) * (I + H) + (state ? I : 0) + c0;
         for (int64_t q = 0; q < blocks; ++q) {
           const int64_t j0 = q * H / blocks, j1 = (q + 1) * H / blocks;
-          gradient_panel(j1 - j0, columns, a.data() + rows * j0, rows, y.data(), c + j0 * (I + H), I + H);
+          gradient_panel(j1 - j0, columns, a.get() + rows * j0, rows, y.get(), c + j0 * (I + H), I + H);
         }
       }
     }
