@@ -146,15 +146,16 @@ def _per_gate(values, mask):
     return values.movedim(0, -3).unsqueeze(-4) if mask is None else gate_major_masked(values, mask.double())
 
 
-LAYER_CASES = pytest.mark.parametrize("pattern", ["none", "tied", "untied", "per-step"])
-MODELS = pytest.mark.parametrize("models", [None, 3], ids=["alone", "population"])
-BATCH = pytest.mark.parametrize("batch", [3, 29], ids=["one-row-block", "three-row-blocks"])
+def kernel_cases(test):
+    """Where the kernel is built: every mask pattern, alone and in a population, one row block and three."""
+    for mark in [pytest.mark.parametrize("pattern", ["none", "tied", "untied", "per-step"]),
+                 pytest.mark.parametrize("batch", [3, 29], ids=["one-row-block", "three-row-blocks"]),
+                 pytest.mark.parametrize("models", [None, 3], ids=["alone", "population"]), KERNEL]:
+        test = mark(test)
+    return test
 
 
-@KERNEL
-@MODELS
-@BATCH
-@LAYER_CASES
+@kernel_cases
 def test_the_kernels_input_projection_masks_each_gates_input(pattern, batch, models):
     x, z_x, _, _, w_ih, _, _ = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(11))
     expected = project_gate_major(_per_gate(x, z_x), w_ih.double(), None)
@@ -163,10 +164,7 @@ def test_the_kernels_input_projection_masks_each_gates_input(pattern, batch, mod
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
-@KERNEL
-@MODELS
-@BATCH
-@LAYER_CASES
+@kernel_cases
 def test_the_kernels_input_gradient_sums_each_gates_masked_part(pattern, batch, models):
     _, z_x, _, _, w_ih, d_pre, _ = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(12))
     per_gate = w_ih.double().unflatten(-2, (4, -1))  # ([S,] 4, H, I)
@@ -178,10 +176,7 @@ def test_the_kernels_input_gradient_sums_each_gates_masked_part(pattern, batch, 
     torch.testing.assert_close(got.double(), parts.sum(-3), rtol=1e-5, atol=1e-5)
 
 
-@KERNEL
-@MODELS
-@BATCH
-@LAYER_CASES
+@kernel_cases
 def test_the_kernels_weight_gradient_reads_each_gates_masked_inputs(pattern, batch, models):
     """Against products over the masked copies the MKL path saves, in float64."""
     x, z_x, h0, out, w_ih, d_pre, z_h = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(13))
