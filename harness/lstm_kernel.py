@@ -92,6 +92,11 @@ def _compiled(tensor) -> bool:
     return not tensor.is_cuda and MaskedLSTM.use_compiled_cpu and lstm_cpu.available()
 
 
+def runs_in_cpu_kernel(x, w_ih, w_hh) -> bool:
+    """Whether the CPU build's AVX-512 kernel runs this layer whole (`lstm_cpu.runs_layer`)."""
+    return _compiled(x) and lstm_cpu.runs_layer(x, w_ih, w_hh)
+
+
 def _run(name, fn, compiled_fn, *tensors):
     """fn on the tensors: replayed as a CUDA graph on a GPU, the compiled loop on a CPU."""
     if tensors[0].is_cuda:
@@ -125,7 +130,7 @@ class MaskedLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z_x, h0, c0, w_ih, b_ih, w_hh, b_hh, z_h, z_c, backward_follows: bool):
         """backward_follows: grad mode was on at the call (the buffer's h part is then filled)."""
-        ctx.in_kernel = _compiled(x) and lstm_cpu.runs_layer(x, w_ih, w_hh)
+        ctx.in_kernel = runs_in_cpu_kernel(x, w_ih, w_hh)
         # Both biases join the recurrence's per-step sum, where adding them costs no pass of its own.
         if ctx.in_kernel:
             x_proj = lstm_cpu.masked_projection(x, z_x, w_ih)
