@@ -144,9 +144,9 @@ at::Tensor transposed_weight(const at::Tensor& weight, int64_t products) {
 // four per gate 16.7 us against 21.9 batched. A tile of up to 12 rows x 32 columns of the result
 // stays in 24 of the 32 vector registers while K steps each load two vectors of B and broadcast one
 // value of A per row; B is laid out once per call in panels the tile reads front to back.
-// C_g (rows, N) = A_g (rows, K) B_g for one model's blocks g, A_g = a + g a_step (rows lda
-// apart) and C_g = c + g c_step (ldc); or, with `sum`, C = sum_g z_g * A_g B_g, z_g (rows, N)
-// ldz apart, nullptr for no mask.
+// C_g (rows, N) = z_g * A_g (rows, K) B_g for one model's blocks g, A_g = a + g a_step (rows lda
+// apart) and C_g = c + g c_step (ldc); or, with `sum`, C = sum_g z_g * A_g B_g. z_g (rows, N), ldz
+// apart, or nullptr for no mask (the forward's products have none).
 struct Product {
   const float* panels;
   int64_t blocks, K, N;
@@ -294,7 +294,7 @@ constexpr std::array<GradientTile, sizeof...(R)> gradient_tiles(std::integer_seq
   return {&gradient_tile<R + 1, V>...};
 }
 
-// C rows [j0, j0 + R) for one panel of `width` <= 32 columns, A packed as gradient_tile takes it.
+// R rows of C for one panel of `width` <= 32 columns, A packed as gradient_tile takes it.
 void gradient_panel(int64_t R, int64_t width, const float* a, int64_t count, const float* y, float* c, int64_t ldc) {
   static constexpr auto one = gradient_tiles<1>(std::make_integer_sequence<int, kTileRows>());
   static constexpr auto two = gradient_tiles<2>(std::make_integer_sequence<int, kTileRows>());
@@ -710,7 +710,7 @@ at::Tensor masked_projection(const at::Tensor& x_in, const c10::optional<at::Ten
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t t = unit / blocks / S, s = unit / blocks % S, q = unit % blocks;
       const int64_t b0 = q * B / blocks, b1 = (q + 1) * B / blocks;
-      const float* rows = x_p + ((t * S + s) * B + b0) * I;
+      const float* a = x_p + ((t * S + s) * B + b0) * I;
       if (z.z) {
         for (int64_t k = 0; k < P; ++k) {
           for (int64_t b = b0; b < b1; ++b) {
@@ -721,9 +721,9 @@ at::Tensor masked_projection(const at::Tensor& x_in, const c10::optional<at::Ten
             for (int64_t i = 0; i < I; ++i) to[i] = from[i] * z_k[i];
           }
         }
-        rows = masked.data();
+        a = masked.data();
       }
-      const Product product{w_panels.data_ptr<float>() + s * w_panels.stride(0), P, I, N, rows, I, kTileRows * I,
+      const Product product{w_panels.data_ptr<float>() + s * w_panels.stride(0), P, I, N, a, I, kTileRows * I,
                             out + ((t * S + s) * B + b0) * width, width, N, false, {}, 0};
       kernel_product(product, b1 - b0);
     }
@@ -774,7 +774,7 @@ at::Tensor masked_weight_gradient(const at::Tensor& d_pre_in, const at::Tensor& 
   const float* h0_p = h0.data_ptr<float>();
   const float* out_p = out.data_ptr<float>();
   float* dw = d_weight.data_ptr<float>();
-  const int64_t rows = steps * B, x_panels = (I + 31) / 32, panels = x_panels + (H + 31) / 32, blocks = (H + kTileRows - 1) / kTileRows;
+  const int64_t rows = steps * B, x_panels = (I + 31) / 32, column_panels = x_panels + (H + 31) / 32, blocks = (H + kTileRows - 1) / kTileRows;
   at::parallel_for(0, S * 4, 1, [&](int64_t first, int64_t last) {
     const std::unique_ptr<float[]> a(new float[rows * H]), y(new float[rows * 32]);  // filled before read
     for (int64_t unit = first; unit < last; ++unit) {
@@ -789,7 +789,7 @@ at::Tensor masked_weight_gradient(const at::Tensor& d_pre_in, const at::Tensor& 
           }
         }
       }
-      for (int64_t panel = 0; panel < panels; ++panel) {
+      for (int64_t panel = 0; panel < column_panels; ++panel) {
         const bool state = panel >= x_panels;  // columns of h_{t-1}, else of x
         const int64_t c0 = (state ? panel - x_panels : panel) * 32, columns = std::min<int64_t>(32, (state ? H : I) - c0);
         const __mmask16 lanes[2] = {__mmask16(columns >= 16 ? 0xFFFF : (1u << columns) - 1),

@@ -1,5 +1,6 @@
-"""The CPU build of the masked recurrence's two time loops (`lstm_cpu.cpp`), compiled on first use
-with the machine's C++ compiler and cached by PyTorch (`torch.utils.cpp_extension`, ~30 s once).
+"""The CPU build of the masked recurrence's two time loops and, on AVX-512 machines, of whole small
+layers (`lstm_cpu.cpp`), compiled on first use with the machine's C++ compiler and cached by
+PyTorch (`torch.utils.cpp_extension`, ~30 s once).
 
 `forward_steps` / `backward_steps` take and return what those of `lstm_kernel.py` do, with or
 without the population dimension. `available()` is False where no compiler is found; the
@@ -70,7 +71,7 @@ def _extension():
             return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler, no headers: the Python loop computes the same
         warnings.warn(f"dropbench: the compiled CPU recurrence is unavailable ({str(error).splitlines()[0][:160]}); "
-                      "running the Python loop, which is slower. Install a C++ compiler and ninja (apt install g++ ninja-build) to get it.", stacklevel=3)
+                      "masked layers run a Python loop, which is slower. Install a C++ compiler and ninja (apt install g++ ninja-build) to get it.", stacklevel=3)
         return None
 
 
@@ -94,7 +95,8 @@ def _l2_cache_bytes(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")
 
 def per_gate_products(weight: torch.Tensor) -> bool:
     """Whether the recurrent product of weight ([S,] 4H, H) runs per gate, not split over rows
-    (see the module docstring): whether one model's W_hh fills half of a core's L2 cache."""
+    (see the module docstring): whether one model's weight fills half of a core's L2 cache (asked
+    of W_ih too, whose panels the kernel keeps in L2 the same way)."""
     return weight.shape[-2] * weight.shape[-1] * weight.element_size() >= _l2_cache_bytes() // 2
 
 

@@ -129,7 +129,7 @@ class MaskedLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, z_x, h0, c0, w_ih, b_ih, w_hh, b_hh, z_h, z_c, backward_follows: bool):
-        """backward_follows: grad mode was on at the call (the buffer's h part is then filled)."""
+        """backward_follows: grad mode was on at the call (what the backward reads is then kept)."""
         ctx.in_kernel = runs_in_cpu_kernel(x, w_ih, w_hh)
         # Both biases join the recurrence's per-step sum, where adding them costs no pass of its own.
         if ctx.in_kernel:

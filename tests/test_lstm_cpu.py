@@ -126,11 +126,11 @@ KERNEL = pytest.mark.skipif(not TOOLCHAIN or not lstm_cpu.available() or not lst
                             reason="built without AVX-512: the products run in MKL")
 
 
-def _masked_layer_case(pattern, batch, models, generator):
-    """float32 inputs of one layer, hidden 7 and 19 inputs (tails of the kernel's 16-column vectors),
-    with input and recurrent masks of the pattern: x, z_x, h0, out, w_ih, d_pre, z_h."""
+def _masked_layer_case(pattern, batch, models, size, generator):
+    """float32 inputs of one layer of `size` (inputs, hidden), with input and recurrent masks of the
+    pattern: x, z_x, h0, out, w_ih, d_pre, z_h."""
     lead = () if models is None else (models,)
-    inputs, hidden = 19, 7
+    inputs, hidden = size
     shape = {"tied": (1, 1), "untied": (1, 4), "per-step": (STEPS, 1)}.get(pattern)
 
     def mask(size):
@@ -147,8 +147,11 @@ def _per_gate(values, mask):
 
 
 def kernel_cases(test):
-    """Where the kernel is built: every mask pattern, alone and in a population, one row block and three."""
+    """Where the kernel is built: every mask pattern, alone and in a population, one row block and
+    three; 19 inputs and hidden 7 (one 16-column vector, partly filled), and 40 inputs and hidden 45
+    (several 32-column panels, a last one of 16 columns, several row blocks of dW)."""
     for mark in [pytest.mark.parametrize("pattern", ["none", "tied", "untied", "per-step"]),
+                 pytest.mark.parametrize("size", [(19, 7), (40, 45)], ids=["19-to-7", "40-to-45"]),
                  pytest.mark.parametrize("batch", [3, 29], ids=["one-row-block", "three-row-blocks"]),
                  pytest.mark.parametrize("models", [None, 3], ids=["alone", "population"]), KERNEL]:
         test = mark(test)
@@ -156,8 +159,8 @@ def kernel_cases(test):
 
 
 @kernel_cases
-def test_the_kernels_input_projection_masks_each_gates_input(pattern, batch, models):
-    x, z_x, _, _, w_ih, _, _ = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(11))
+def test_the_kernels_input_projection_masks_each_gates_input(pattern, batch, models, size):
+    x, z_x, _, _, w_ih, _, _ = _masked_layer_case(pattern, batch, models, size, torch.Generator().manual_seed(11))
     expected = project_gate_major(_per_gate(x, z_x), w_ih.double(), None)
     got = lstm_cpu.masked_projection(x, z_x, w_ih)
     assert got.shape == expected.shape and got.dtype == torch.float32
@@ -165,8 +168,8 @@ def test_the_kernels_input_projection_masks_each_gates_input(pattern, batch, mod
 
 
 @kernel_cases
-def test_the_kernels_input_gradient_sums_each_gates_masked_part(pattern, batch, models):
-    _, z_x, _, _, w_ih, d_pre, _ = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(12))
+def test_the_kernels_input_gradient_sums_each_gates_masked_part(pattern, batch, models, size):
+    _, z_x, _, _, w_ih, d_pre, _ = _masked_layer_case(pattern, batch, models, size, torch.Generator().manual_seed(12))
     per_gate = w_ih.double().unflatten(-2, (4, -1))  # ([S,] 4, H, I)
     parts = torch.stack([d_pre.double().unflatten(-1, (4, -1)).select(-2, k) @ per_gate.select(-3, k)
                          for k in range(4)], -3)  # (T, [S,] 4, B, I) = d_pre_k W_k
@@ -177,9 +180,9 @@ def test_the_kernels_input_gradient_sums_each_gates_masked_part(pattern, batch, 
 
 
 @kernel_cases
-def test_the_kernels_weight_gradient_reads_each_gates_masked_inputs(pattern, batch, models):
+def test_the_kernels_weight_gradient_reads_each_gates_masked_inputs(pattern, batch, models, size):
     """Against products over the masked copies the MKL path saves, in float64."""
-    x, z_x, h0, out, w_ih, d_pre, z_h = _masked_layer_case(pattern, batch, models, torch.Generator().manual_seed(13))
+    x, z_x, h0, out, w_ih, d_pre, z_h = _masked_layer_case(pattern, batch, models, size, torch.Generator().manual_seed(13))
     previous = torch.cat([h0.unsqueeze(0), out[:-1]])  # h_{t-1}
     d_gates = d_pre.double().unflatten(-1, (4, -1))  # (T, [S,] B, 4, H) -> ([S,] 4, T, B, H)
     d_gates = d_gates.permute(2, 0, 1, 3) if models is None else d_gates.permute(1, 3, 0, 2, 4)
