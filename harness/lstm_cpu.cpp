@@ -63,29 +63,34 @@ inline int64_t row_grain(int64_t hidden) { return std::max<int64_t>(1, 512 / hid
 // Below ~8 rows a thread's product runs too far under the core's peak.
 constexpr int64_t kSplitRows = 8;
 
-// Step t's masks, nullptr where there are none; a mask with one step serves every step.
+// A mask (T|1, S, G|1, B, C), given with a model dimension, spelled out over S and B (contiguous):
+// the row of step t, model s, gate k, batch row b, or nullptr for no mask. A mask with one step
+// serves every step, a tied one every gate.
+template <typename T>
+struct MaskRows {
+  at::Tensor held;
+  const T* z = nullptr;
+  int64_t steps = 1, S = 1, gates = 1, B = 1, C = 0;
+  MaskRows(const c10::optional<at::Tensor>& mask, int64_t models, int64_t batch) {
+    if (!mask.has_value()) return;
+    held = mask->expand({mask->size(0), models, mask->size(2), batch, mask->size(4)}).contiguous();
+    z = held.data_ptr<T>(), steps = held.size(0), S = models, gates = held.size(2), B = batch, C = held.size(4);
+  }
+  const T* row(int64_t t, int64_t s, int64_t k, int64_t b) const {
+    return z ? z + ((((steps > 1 ? t : 0) * S + s) * gates + (gates > 1 ? k : 0)) * B + b) * C : nullptr;
+  }
+};
+
+// The time loops' masks: z_h (T|1, S, G|1, B, H), z_c (T|1, S, B, H).
 template <typename T>
 struct Masks {
-  const T* z_h = nullptr;  // (T|1, S, G, B, H)
-  const T* z_c = nullptr;  // (T|1, S, B, H)
-  int64_t gates = 1, h_steps = 1, c_steps = 1, h_step_size = 0, c_step_size = 0, rows = 0;
-
-  Masks(const c10::optional<at::Tensor>& z_h_opt, const c10::optional<at::Tensor>& z_c_opt) {
-    if (z_h_opt.has_value()) {
-      z_h = z_h_opt->data_ptr<T>();
-      gates = z_h_opt->size(2), h_steps = z_h_opt->size(0), h_step_size = z_h_opt->numel() / h_steps;
-      rows = z_h_opt->size(3) * z_h_opt->size(4);
-    }
-    if (z_c_opt.has_value()) {
-      z_c = z_c_opt->data_ptr<T>();
-      c_steps = z_c_opt->size(0), c_step_size = z_c_opt->numel() / c_steps;
-    }
-  }
-  // The mask of model s's gate k (B, H): a tied mask serves all four gates.
-  const T* recurrent(int64_t t, int64_t s, int64_t k) const {
-    return z_h ? z_h + (h_steps > 1 ? t : 0) * h_step_size + (s * gates + (gates > 1 ? k : 0)) * rows : nullptr;
-  }
-  const T* cell(int64_t t) const { return z_c ? z_c + (c_steps > 1 ? t : 0) * c_step_size : nullptr; }
+  MaskRows<T> h, c;
+  Masks(const c10::optional<at::Tensor>& z_h, const c10::optional<at::Tensor>& z_c, int64_t S, int64_t B)
+      : h(z_h, S, B), c(z_c.has_value() ? c10::optional<at::Tensor>(z_c->unsqueeze(2)) : c10::nullopt, S, B) {}
+  // The mask of model s's gate k (B, H) at step t.
+  const T* recurrent(int64_t t, int64_t s, int64_t k) const { return h.row(t, s, k, 0); }
+  // Step t's cell masks (S, B, H).
+  const T* cell(int64_t t) const { return c.row(t, 0, 0, 0); }
 };
 
 // What runs the products: the kernel below (in the split-row loops of float32 models, where the
@@ -318,7 +323,7 @@ void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
                   int64_t P, bool split_rows, const c10::optional<at::Tensor>& states_opt, at::Tensor& out, at::Tensor& cells,
                   at::Tensor& tanh_c) {
   const int64_t steps = gates.size(0), S = gates.size(1), B = gates.size(2), H = gates.size(3) / 4;
-  const Masks<T> masks(z_h_opt, z_c_opt);
+  const Masks<T> masks(z_h_opt, z_c_opt, S, B);
   const T* b_hh = bias.data_ptr<T>();
   T* gates_all = gates.data_ptr<T>();
   T* c_out = cells.data_ptr<T>();
@@ -326,7 +331,7 @@ void forward_loop(at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
   T* h_out = out.data_ptr<T>();
 
   // The layer's buffer may hold a copy per gate where only its input masks are untied.
-  const int64_t copies = states_opt.has_value() ? states_opt->size(1) : masks.gates;
+  const int64_t copies = states_opt.has_value() ? states_opt->size(1) : masks.h.gates;
   at::Tensor scratch;
   MaskedStates<T> states;
   if (states_opt.has_value()) {  // (S, G, T, B, H), rows strided: a slice of the layer's buffer
@@ -439,7 +444,7 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
                    const at::Tensor& cells, const at::Tensor& tanh_c, const c10::optional<at::Tensor>& z_h_opt,
                    const c10::optional<at::Tensor>& z_c_opt, bool split_rows, at::Tensor& d_pre, at::Tensor& d_bias) {
   const int64_t steps = acts.size(0), S = acts.size(1), B = acts.size(2), H = acts.size(3) / 4;
-  const Masks<T> masks(z_h_opt, z_c_opt);
+  const Masks<T> masks(z_h_opt, z_c_opt, S, B);
   const T* dout = d_out.data_ptr<T>();
   const T* a_all = acts.data_ptr<T>();
   const T* c_all = cells.data_ptr<T>();
@@ -559,9 +564,8 @@ void backward_loop(const at::Tensor& d_out, at::Tensor& dh, at::Tensor& dc, cons
 template <typename T>
 void masked_gate_sum_loop(const at::Tensor& parts, const at::Tensor& mask, at::Tensor& sum) {
   const int64_t S = parts.size(0), G = parts.size(1), steps = parts.size(2), B = parts.size(3), I = parts.size(4);
-  const int64_t mask_steps = mask.size(0), mask_gates = mask.size(2);
+  const MaskRows<T> z(mask, S, B);
   const T* p_all = parts.data_ptr<T>();
-  const T* z_all = mask.data_ptr<T>();
   T* out_all = sum.data_ptr<T>();
   at::parallel_for(0, steps * S * B, row_grain(I), [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {  // row = (t * S + s) * B + b
@@ -569,13 +573,13 @@ void masked_gate_sum_loop(const at::Tensor& parts, const at::Tensor& mask, at::T
       T* to = out_all + row * I;
       for (int64_t k = 0; k < G; ++k) {
         const T* p = p_all + (((s * G + k) * steps + t) * B + b) * I;
-        const T* z = z_all + ((((mask_steps > 1 ? t : 0) * S + s) * mask_gates + (mask_gates > 1 ? k : 0)) * B + b) * I;
+        const T* z_k = z.row(t, s, k, b);
         if (k == 0) {
 #pragma omp simd
-          for (int64_t j = 0; j < I; ++j) to[j] = p[j] * z[j];
+          for (int64_t j = 0; j < I; ++j) to[j] = p[j] * z_k[j];
         } else {
 #pragma omp simd
-          for (int64_t j = 0; j < I; ++j) to[j] += p[j] * z[j];
+          for (int64_t j = 0; j < I; ++j) to[j] += p[j] * z_k[j];
         }
       }
     }
@@ -598,13 +602,6 @@ struct Models {
   at::Tensor out(const at::Tensor& t, int64_t dim) const { return lone ? t.squeeze(dim) : t; }
 };
 
-// z_h (T|1, S, G, B, H) and z_c (T|1, S, B, H), given with a model dimension: every model and batch
-// row that broadcasting leaves implicit spelled out, contiguous.
-void spell_out(c10::optional<at::Tensor>& z_h, c10::optional<at::Tensor>& z_c, int64_t S, int64_t B) {
-  if (z_h.has_value()) z_h = z_h->expand({z_h->size(0), S, z_h->size(2), z_h->size(3), z_h->size(4)}).contiguous();
-  if (z_c.has_value()) z_c = z_c->expand({z_c->size(0), S, B, z_c->size(3)}).contiguous();
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& x_proj_in, const at::Tensor& h0_in, const at::Tensor& c0_in, const at::Tensor& weight_in,
     const at::Tensor& bias_in, const c10::optional<at::Tensor>& z_h_in, const c10::optional<at::Tensor>& z_c_in, bool per_gate,
@@ -613,8 +610,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   const auto x_proj = models(x_proj_in, 1), h0 = models(h0_in, 0), c0 = models(c0_in, 0), weight = models(weight_in, 0),
              bias = models(bias_in, 0);
   const auto steps = x_proj.size(0), S = x_proj.size(1), B = x_proj.size(2), H = x_proj.size(3) / 4;
-  auto z_h = models(z_h_in, 1), z_c = models(z_c_in, 1);
-  spell_out(z_h, z_c, S, B);
+  const auto z_h = models(z_h_in, 1), z_c = models(z_c_in, 1);
   const int64_t products = per_gate || (z_h.has_value() && z_h->size(2) > 1) ? 4 : 1;  // untied: always per gate
   c10::optional<at::Tensor> states;  // strided rows: given a model dimension, never copied
   if (states_in.has_value()) {
@@ -643,8 +639,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   const Models models{weight_in.dim() == 2, acts_in.scalar_type()};
   const auto d_out = models(d_out_in, 1), acts = models(acts_in, 1), cells = models(cells_in, 1), tanh_c = models(tanh_c_in, 1),
              weight = models(weight_in, 0);
-  auto z_h = models(z_h_in, 1), z_c = models(z_c_in, 1);
-  spell_out(z_h, z_c, acts.size(1), acts.size(2));
+  const auto z_h = models(z_h_in, 1), z_c = models(z_c_in, 1);
   auto d_pre = at::empty_like(acts);
   auto dh_carry = models(dh_in, 0).clone(at::MemoryFormat::Contiguous);
   auto dc_carry = models(dc_in, 0).clone(at::MemoryFormat::Contiguous);
@@ -667,22 +662,6 @@ at::Tensor masked_gate_sum(const at::Tensor& parts_in, const at::Tensor& mask_in
   return models.out(sum, 1);
 }
 
-// A float32 mask (T|1, [S,] G|1, B, C) given with a model dimension, spelled out over S and B:
-// the row of step t, model s, gate k, batch row b, or nullptr for no mask.
-struct RowMask {
-  at::Tensor held;
-  const float* z = nullptr;
-  int64_t steps = 1, S = 1, gates = 1, B = 1, C = 0;
-  RowMask(const c10::optional<at::Tensor>& mask, int64_t models, int64_t batch) {
-    if (!mask.has_value()) return;
-    held = mask->expand({mask->size(0), models, mask->size(2), batch, mask->size(4)}).contiguous();
-    z = held.data_ptr<float>(), steps = held.size(0), S = models, gates = held.size(2), B = batch, C = held.size(4);
-  }
-  const float* row(int64_t t, int64_t s, int64_t k, int64_t b) const {
-    return z ? z + ((((steps > 1 ? t : 0) * S + s) * gates + (gates > 1 ? k : 0)) * B + b) * C : nullptr;
-  }
-};
-
 // Where the whole layer runs in the kernel (lstm_kernel.py: float32, W_ih and W_hh small enough
 // for split rows), the masks are applied inside its products, and no copies of the masked inputs
 // and states are saved for the backward: the projection masks each row into a few kB of L1 just
@@ -698,7 +677,7 @@ at::Tensor masked_projection(const at::Tensor& x_in, const c10::optional<at::Ten
   const Models models{weight_in.dim() == 2, at::kFloat};
   const auto x = models(x_in, 1), weight = models(weight_in, 0);
   const int64_t steps = x.size(0), S = x.size(1), B = x.size(2), I = x.size(3), width = weight.size(1);
-  const RowMask z(models(z_in, 1), S, B);
+  const MaskRows<float> z(models(z_in, 1), S, B);
   const int64_t P = z.gates, N = width / P;  // untied: a block of columns per gate
   const auto w_panels = panels(weight, P, I, N, true);
   auto x_proj = at::empty({steps, S, B, width}, x.options());
@@ -706,7 +685,7 @@ at::Tensor masked_projection(const at::Tensor& x_in, const c10::optional<at::Ten
   float* out = x_proj.data_ptr<float>();
   const int64_t blocks = (B + kTileRows - 1) / kTileRows;  // row blocks of one step and model
   at::parallel_for(0, steps * S * blocks, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> masked(P * kTileRows * I);
+    std::vector<float> masked(z.z ? P * kTileRows * I : 0);
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t t = unit / blocks / S, s = unit / blocks % S, q = unit % blocks;
       const int64_t b0 = q * B / blocks, b1 = (q + 1) * B / blocks;
@@ -736,7 +715,7 @@ at::Tensor masked_input_gradient(const at::Tensor& d_pre_in, const at::Tensor& w
   const Models models{weight_in.dim() == 2, at::kFloat};
   const auto d_pre = models(d_pre_in, 1), weight = models(weight_in, 0);
   const int64_t steps = d_pre.size(0), S = d_pre.size(1), B = d_pre.size(2), width = d_pre.size(3), H = width / 4, I = weight.size(2);
-  const RowMask z(models(z_in, 1), S, B);
+  const MaskRows<float> z(models(z_in, 1), S, B);
   const auto w_panels = panels(weight, 4, H, I, false);
   auto d_x = at::empty({steps, S, B, I}, d_pre.options());
   const float* d_p = d_pre.data_ptr<float>();
@@ -767,7 +746,7 @@ at::Tensor masked_weight_gradient(const at::Tensor& d_pre_in, const at::Tensor& 
   const Models models{d_pre_in.dim() == 3, at::kFloat};
   const auto d_pre = models(d_pre_in, 1), x = models(x_in, 1), h0 = models(h0_in, 0), out = models(out_in, 1);
   const int64_t steps = d_pre.size(0), S = d_pre.size(1), B = d_pre.size(2), width = d_pre.size(3), H = width / 4, I = x.size(3);
-  const RowMask z_x(models(z_x_in, 1), S, B), z_h(models(z_h_in, 1), S, B);
+  const MaskRows<float> z_x(models(z_x_in, 1), S, B), z_h(models(z_h_in, 1), S, B);
   auto d_weight = at::empty({S, width, I + H}, d_pre.options());
   const float* d_p = d_pre.data_ptr<float>();
   const float* x_p = x.data_ptr<float>();
